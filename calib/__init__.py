@@ -1,0 +1,1 @@
+"""Calibration data from real media and explicit quantization."""

@@ -1,0 +1,53 @@
+"""Describe the machine a number was measured on: CPU model, cores, GPU, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from importlib import metadata
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe() -> dict:
+    info = {
+        "host": socket.gethostname(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            name: v
+            for name in ("mirasol-edge", "torch", "onnx", "onnxruntime", "onnxruntime-gpu",
+                         "tensorrt", "tensorrt-rtx-cu13", "nvidia-dali-cuda130", "av", "numpy")
+            if (v := package_version(name))
+        },
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                           "memory_gib": round(props.total_memory / 2**30, 1)}
+    except ImportError:
+        pass
+    return info
