@@ -1,0 +1,93 @@
+import pytest
+
+from mirasol_edge.toolkit.recipe import RECIPES_DIR, RecipeError, load_recipe
+
+BUNDLED = ["cpu", "rtx", "h100", "l4", "agx-orin", "orin-nx", "orin-nano", "thor"]
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_every_bundled_recipe_loads(name):
+    recipe = load_recipe(name)
+    assert recipe.target.name == name
+    assert recipe.target.backend in ("onnxruntime", "tensorrt", "tensorrt-rtx")
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def cpu_text():
+    return (RECIPES_DIR / "cpu.toml").read_text()
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, cpu_text().replace("batch = 1", "batch = 1\nbatchh = 2"))
+    with pytest.raises(RecipeError, match=r"r\.toml: build\.batchh: unknown key"):
+        load_recipe(path)
+
+
+def test_missing_key_is_named(tmp_path):
+    path = write(tmp_path, cpu_text().replace("workspace_mib = 1024\n", ""))
+    with pytest.raises(RecipeError, match=r"r\.toml: build\.workspace_mib: missing key"):
+        load_recipe(path)
+
+
+def test_bad_value_type_is_named(tmp_path):
+    path = write(tmp_path, cpu_text().replace("batch = 1", 'batch = "one"'))
+    with pytest.raises(RecipeError, match=r"build\.batch: expected int, got str"):
+        load_recipe(path)
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    path = write(tmp_path, "[target\n")
+    with pytest.raises(RecipeError, match=r"r\.toml: not valid TOML"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("name", ["agx-orin", "orin-nx", "orin-nano"])
+def test_fp8_on_orin_is_refused_with_the_reason(name):
+    with pytest.raises(RecipeError, match=r"precision\.chunk_encoder: 'fp8' refused: .*has no FP8"):
+        load_recipe(name, ["precision.chunk_encoder=fp8"])
+
+
+def test_fp8_is_accepted_on_hopper():
+    assert load_recipe("h100", ["precision.ar_step=fp8"]).precision.ar_step == "fp8"
+
+
+@pytest.mark.parametrize(
+    "recipe, override, pattern",
+    [
+        ("orin-nano", "build.dla_core=0", r"build\.dla_core: target 'orin-nano' has 0 DLA cores"),
+        ("thor", "build.dla_core=0", r"build\.dla_core: target 'thor' has 0 DLA cores"),
+        ("rtx", 'build.hardware_compatibility="ampere_plus"', r"build\.hardware_compatibility: only full TensorRT"),
+        ("cpu", "precision.ar_step=int4", r"int4 weight-only runs on TensorRT targets only"),
+        ("cpu", "target.device=cuda", None),
+        ("h100", "target.device=cpu", r"target\.device: backend 'tensorrt' needs device 'cuda'"),
+        ("h100", "build.optimization_level=9", r"build\.optimization_level: must be 0\.\.5"),
+    ],
+)
+def test_self_contradicting_recipes_are_refused(recipe, override, pattern):
+    if pattern is None:  # ONNX Runtime may run on CUDA: not a contradiction
+        load_recipe(recipe, [override])
+        return
+    with pytest.raises(RecipeError, match=pattern):
+        load_recipe(recipe, [override])
+
+
+def test_dla_is_allowed_on_agx_orin():
+    assert load_recipe("agx-orin", ["build.dla_core=1"]).build.dla_core == 1
+
+
+def test_overrides_take_toml_values_and_refuse_unknown_keys():
+    assert load_recipe("h100", ["build.batch=4"]).build.batch == 4
+    with pytest.raises(RecipeError, match="has no key build.bach"):
+        load_recipe("h100", ["build.bach=4"])
+    with pytest.raises(RecipeError, match="expected section.key=value"):
+        load_recipe("h100", ["batch"])
+
+
+def test_unknown_recipe_lists_the_bundled_ones():
+    with pytest.raises(RecipeError, match="no such recipe.*orin-nano"):
+        load_recipe("jetson-tx2")

@@ -1,0 +1,140 @@
+"""``mirasol-build``: a checkpoint (or preset) and a recipe -> engines and a manifest.
+
+Exit codes: 0 built; 2 bad usage or recipe; 3 checkpoint; 4 export or parity; 5 engine
+build; 6 output directory; 7 precision not available yet.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+EXIT = {"RecipeError": 2, "ValueError": 2, "CheckpointError": 3, "ExportError": 4, "ParityError": 4,
+        "EngineBuildError": 5, "TensorRTMissing": 5, "OutputDirError": 6, "PrecisionNotReady": 7,
+        "ManifestError": 2}
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(exc: Exception) -> None:
+    code = next((EXIT[c.__name__] for c in type(exc).__mro__ if c.__name__ in EXIT), 1)
+    err.print(f"[bold red]mirasol-build: {type(exc).__name__}[/]: {exc}", highlight=False)
+    sys.exit(code)
+
+
+def _summary(manifest: dict, out: str, seconds: float, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({
+            "out": out, "seconds": round(seconds, 2), "backend": manifest["backend"],
+            "components": {n: {k: c.get(k) for k in ("precision", "engine", "engine_bytes", "parity", "reused")}
+                           for n, c in manifest["components"].items()},
+        }))
+        return
+    table = Table(title=f"{out}  ({manifest['backend']['name']} {manifest['backend']['version'] or ''})")
+    for col in ("component", "precision", "engine", "MiB", "rel. error vs PyTorch", "export s", "build s"):
+        table.add_column(col, justify="right" if col not in ("component", "engine") else "left")
+    for name, c in manifest["components"].items():
+        size = f"{c['engine_bytes'] / 2**20:.2f}" if c.get("engine_bytes") else "-"
+        table.add_row(name, c["precision"], c.get("engine") or "(bundle: not built)", size,
+                      f"{c['parity']['max_rel_error']:.1e}", f"{c.get('export_seconds', 0):.1f}",
+                      "reused" if c.get("reused") else f"{c.get('build_seconds', 0):.1f}")
+    Console().print(table)
+    Console().print(f"built in {seconds:.1f}s -> {out}/manifest.json")
+
+
+def _progress(as_json: bool):
+    return (lambda msg: None) if as_json else (lambda msg: err.print(f"[dim]·[/] {msg}", highlight=False))
+
+
+def _run_build(recipe: str, overrides: tuple[str, ...], preset: str | None, checkpoint: str | None, out: str,
+               stage: str, as_json: bool) -> None:
+    from .build import build
+    from .recipe import load_recipe
+
+    try:
+        if (preset is None) == (checkpoint is None):
+            raise click.UsageError("give exactly one of --preset or --checkpoint")
+        start = time.perf_counter()
+        manifest = build(load_recipe(recipe, list(overrides)), out, checkpoint=checkpoint, preset=preset,
+                         stage=stage, progress=_progress(as_json))
+        _summary(manifest, out, time.perf_counter() - start, as_json)
+    except click.UsageError:
+        raise
+    except Exception as exc:  # every error type we raise is mapped to an exit code
+        _fail(exc)
+
+
+def _build_options(fn):
+    for option in reversed([
+        click.option("--recipe", "-r", required=True, help="recipe name (cpu, rtx, h100, l4, agx-orin, orin-nx, "
+                     "orin-nano, thor) or path to a .toml"),
+        click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="override a recipe value, e.g. --set build.batch=4 --set precision.ar_step=fp16"),
+        click.option("--preset", type=click.Choice(["tiny", "edge", "mirasol3b"]),
+                     help="build a preset's architecture with random weights (for sizing and benchmarks)"),
+        click.option("--checkpoint", "-c", type=click.Path(dir_okay=False),
+                     help="a Mirasol safetensors checkpoint"),
+        click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="output directory"),
+        click.option("--json", "as_json", is_flag=True, help="print a JSON summary instead of a table"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--recipe", "-r", help="recipe name (cpu, rtx, h100, l4, agx-orin, orin-nx, orin-nano, thor) or a .toml path")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="override a recipe value, e.g. --set build.batch=4")
+@click.option("--preset", type=click.Choice(["tiny", "edge", "mirasol3b"]),
+              help="build a preset's architecture with random weights")
+@click.option("--checkpoint", "-c", type=click.Path(dir_okay=False), help="a Mirasol safetensors checkpoint")
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="output directory")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary instead of a table")
+@click.pass_context
+def main(ctx, recipe, overrides, preset, checkpoint, out, as_json):
+    """Export each Mirasol component to ONNX, check it against PyTorch, set its precision,
+    and build the recipe's engines (TensorRT, TensorRT-RTX or ONNX Runtime) into OUT with
+    a manifest.json.
+
+    \b
+    mirasol-build --recipe cpu --preset tiny --out engines/tiny-cpu
+    mirasol-build --recipe rtx --checkpoint model.safetensors --out engines/rtx
+    mirasol-build export --recipe orin-nano --checkpoint m.safetensors --out bundle   # on a workstation
+    mirasol-build engine bundle                                                      # on the Jetson
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not recipe or not out:
+        raise click.UsageError("--recipe and --out are required")
+    _run_build(recipe, overrides, preset, checkpoint, out, "all", as_json)
+
+
+@main.command("export")
+@_build_options
+def export_bundle(recipe, overrides, preset, checkpoint, out, as_json):
+    """Write a bundle (ONNX per component, recipe, manifest) to compile on the target."""
+    _run_build(recipe, overrides, preset, checkpoint, out, "export", as_json)
+
+
+@main.command("engine")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print a JSON summary instead of a table")
+def engine(bundle, as_json):
+    """Compile the engines of BUNDLE here (TensorRT engines are not portable between GPUs)."""
+    from .build import build_engines_from_bundle
+
+    try:
+        start = time.perf_counter()
+        manifest = build_engines_from_bundle(bundle, progress=_progress(as_json))
+        _summary(manifest, bundle, time.perf_counter() - start, as_json)
+    except Exception as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    main()
