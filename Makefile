@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/python -m mirasol_edge.toolkit.summary
+	$(BIN)/mirasol-build --recipe cpu --preset tiny --out engines/tiny-cpu
+	$(BIN)/mirasol-build --recipe rtx --preset tiny --out engines/tiny-rtx
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,126 @@
+"""Decoding real encoded media (written by PyAV encoders in the tests) into model chunks."""
+
+import numpy as np
+import pytest
+import torch
+
+from mirasol_edge.runtime.decode.chunks import (
+    ChunkSpec, EmptySource, Flags, NoVideoStream, NotMedia, ShortSource, chunks,
+)
+from mirasol_edge.runtime.decode.mel import log_mel as numpy_log_mel
+from mirasol_edge.toolkit import MirasolConfig
+from mirasol_edge.toolkit.audio import log_mel as torch_log_mel
+
+from .media import frame_index, write_clip
+
+SPEC = ChunkSpec.from_config(MirasolConfig.preset("tiny"))  # 4 fps, 4 frames/chunk, 32x32, 16 kHz
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(vcodec="libx264", acodec="aac"),  # B-frames on
+        dict(vcodec="libvpx-vp9", acodec="libopus", rate=48000),
+        dict(vcodec="mjpeg", acodec="pcm_s16le", rate=44100, channels=2),
+    ],
+    ids=["h264-bframes-aac", "vp9-opus48k", "mjpeg-pcm44k-stereo"],
+)
+def test_frames_follow_the_model_clock(tmp_path, kw):
+    clip = write_clip(tmp_path / "c.mkv", 5.5, fps=10, size=(66, 50), **kw)  # odd size
+    out = list(chunks(clip, SPEC))
+    assert [c.index for c in out] == list(range(6))
+    for c in out:
+        assert c.frames.shape == (4, 32, 32, 3) and c.frames.dtype == np.uint8
+        assert c.mel.shape == (100, 32) and c.mel.dtype == np.float32
+        assert c.t1 - c.t0 == pytest.approx(1.0)
+        for k, frame in enumerate(c.frames):
+            t = min(c.t0 + k / SPEC.fps, 5.25)  # padding repeats the last sampled frame (t = 5.25 s)
+            expected = int(np.floor(t * 10 + 1e-9))  # last source frame at or before t
+            assert frame_index(frame) == expected, (c.index, k)
+    assert out[-1].flags & Flags.PADDED and not out[0].flags & Flags.PADDED
+
+
+def test_variable_frame_rate_uses_timestamps(tmp_path):
+    clip = write_clip(tmp_path / "vfr.mkv", 4.0, fps=10, vfr=True)
+    times = np.cumsum(np.where(np.arange(40) % 3 == 0, 2.0, 1.0)) / 10
+    times = times[times < 4.0] - times[0]
+    for c in chunks(clip, SPEC, last="drop"):
+        for k, frame in enumerate(c.frames):
+            t = c.t0 + k / SPEC.fps
+            expected = int(np.searchsorted(times, t + 1e-9, side="right") - 1)
+            assert frame_index(frame) == expected
+
+
+def onset_frame(mel: np.ndarray) -> int:
+    return int(np.argmax(mel.max(axis=1) > -30))
+
+
+@pytest.mark.parametrize("acodec, rate, channels", [("pcm_s16le", 44100, 2), ("aac", 16000, 1)])
+def test_beeps_land_in_their_chunk_within_one_hop(tmp_path, acodec, rate, channels):
+    clip = write_clip(tmp_path / "b.mkv", 4.0, fps=10, acodec=acodec, rate=rate, channels=channels,
+                      beeps=(1.3, 2.55))
+    out = list(chunks(clip, SPEC))
+    hop_s = SPEC.hop_length / SPEC.sample_rate
+    assert abs(onset_frame(out[1].mel) - round(0.3 / hop_s)) <= 1 + (acodec == "aac")
+    assert abs(onset_frame(out[2].mel) - round(0.55 / hop_s)) <= 1 + (acodec == "aac")
+    assert out[0].mel.max() < -30 and out[3].mel.max() < -30  # silence elsewhere
+
+
+def test_no_audio_track_gives_flagged_silence(tmp_path):
+    clip = write_clip(tmp_path / "mute.mp4", 2.0, fps=10, acodec=None)
+    out = list(chunks(clip, SPEC))
+    assert out and all(c.flags & Flags.SILENT for c in out)
+    assert all(np.allclose(c.mel, -100.0, atol=1e-3) for c in out)  # the -100 dB floor
+
+
+def test_drop_policy_drops_the_partial_chunk(tmp_path):
+    clip = write_clip(tmp_path / "c.mkv", 2.5, fps=10)
+    assert [c.index for c in chunks(clip, SPEC, last="drop")] == [0, 1]
+    assert [c.index for c in chunks(clip, SPEC, last="pad")] == [0, 1, 2]
+
+
+def test_clip_shorter_than_a_chunk(tmp_path):
+    clip = write_clip(tmp_path / "short.mkv", 0.5, fps=10)
+    with pytest.raises(ShortSource, match=r"short\.mkv: shorter than one chunk"):
+        list(chunks(clip, SPEC, last="drop"))
+    assert [c.flags & Flags.PADDED for c in chunks(clip, SPEC)] == [Flags.PADDED]
+
+
+def test_raw_bytes_decode(tmp_path):
+    clip = write_clip(tmp_path / "c.mkv", 2.0, fps=10)
+    assert len(list(chunks(clip.read_bytes(), SPEC))) == 2
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(EmptySource, match="empty.mp4: empty file"):
+        list(chunks(empty, SPEC))
+    text = tmp_path / "notes.mp4"
+    text.write_text("these are not the frames you are looking for\n" * 100)
+    with pytest.raises(NotMedia, match="notes.mp4"):
+        list(chunks(text, SPEC))
+    audio_only = tmp_path / "audio.mka"
+    import av
+
+    with av.open(str(audio_only), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for p in s.encode(frame):
+            c.mux(p)
+    with pytest.raises(NoVideoStream, match="audio.mka: no video stream"):
+        list(chunks(audio_only, SPEC))
+
+
+def test_numpy_mel_matches_the_models_torch_mel():
+    """Tolerance: 0.01 dB where the signal is above -80 dB (float32 FFT rounding)."""
+    cfg = MirasolConfig.preset("tiny")
+    rng = np.random.default_rng(0)
+    t = np.arange(cfg.audio_samples_per_chunk) / cfg.sample_rate
+    audio = (0.3 * np.sin(2 * np.pi * 523 * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+    ours = numpy_log_mel(audio, cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
+    reference = torch_log_mel(torch.from_numpy(audio)[None], cfg)[0].numpy()
+    assert ours.shape == reference.shape == (cfg.mel_frames_per_chunk, cfg.n_mels)
+    loud = reference > -80
+    assert np.abs(ours - reference)[loud].max() < 0.01
