@@ -34,10 +34,13 @@ def run_case(name: str, args: list[str], workdir: Path) -> dict:
     out = workdir / name
     cmd = [sys.executable, "-m", "mirasol_edge.toolkit.cli", *args, "--out", str(out), "--json"]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    # Output goes to a file, not a pipe: a child blocked on a full pipe would never exit.
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        stderr = log.read()
     result = {"seconds": round(seconds, 1), "peak_rss_mib": usage.ru_maxrss >> 10,
               "exit_code": os.waitstatus_to_exitcode(status)}
     if result["exit_code"] != 0:

@@ -31,7 +31,7 @@ from .engines import ENGINE_SUFFIX, EngineBuildError, Profile, build_onnxruntime
 from .export import ComponentSpec, ExportError, check_parity, component_specs, export_onnx
 from .model import Mirasol
 from .precision import apply_precision
-from .recipe import COMPONENTS, Recipe, RecipeError
+from .recipe import Recipe, RecipeError
 from .weights import load_model
 
 Progress = Callable[[str], None]

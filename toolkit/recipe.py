@@ -95,9 +95,6 @@ class Recipe:
         data.pop("path")
         return data
 
-    def replace(self, **sections: Any) -> "Recipe":
-        return dataclasses.replace(self, **sections)
-
 
 SECTION_TYPES = {"target": Target, "precision": Precision, "chunking": Chunking, "text": Text,
                  "build": Build, "accuracy": Accuracy}

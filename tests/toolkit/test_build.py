@@ -55,13 +55,13 @@ def test_ort_engine_matches_pytorch_mid_stream(cpu_build, tiny_checkpoint):
     cfg = model.cfg
     g = torch.Generator().manual_seed(2)
     state = model.init_state(1)
+    session = ort.InferenceSession(str(out / manifest["components"]["ar_step"]["engine"]))
     with torch.no_grad():
         for _ in range(3):
             video = torch.rand(1, cfg.frames_per_chunk, cfg.image_size, cfg.image_size, 3, generator=g)
             mel = torch.randn(1, cfg.mel_frames_per_chunk, cfg.n_mels, generator=g) * 20 - 40
             latents, memory = model.chunk_encoder(video, mel, state["memory"])
             expected, next_state = model.encode_chunk(video, mel, state)
-            session = ort.InferenceSession(str(out / manifest["components"]["ar_step"]["engine"]))
             feed = {"latents": latents.numpy(), "past.pos": state["pos"].numpy(), "past.context": state["context"].numpy()}
             for i in range(cfg.ar_depth):
                 feed[f"past.{i}.key"] = state[f"kv.{i}.key"].numpy()
