@@ -19,6 +19,8 @@ demo: setup
 	$(BIN)/python -m mirasol_edge.toolkit.summary
 	$(BIN)/mirasol-build --recipe cpu --preset tiny --out engines/tiny-cpu
 	$(BIN)/mirasol-build --recipe rtx --preset tiny --out engines/tiny-rtx
+	$(BIN)/mirasol-run samples/colours.mp4 --engines engines/tiny-cpu \
+		--ask "what colour is the square?" --ask "was there a beep?" --ask-every 6
 
 test: setup
 	$(BIN)/python -m pytest -q

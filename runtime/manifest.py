@@ -11,6 +11,7 @@ from typing import Any
 
 FORMAT = "mirasol-engines/1"
 MANIFEST = "manifest.json"
+INITIAL_STATE = "initial_state.safetensors"
 
 
 class ManifestError(ValueError):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mirasol_edge.runtime import machine
-from mirasol_edge.runtime.manifest import FORMAT, MANIFEST, sha256_file, write_json_atomic
+from mirasol_edge.runtime.manifest import FORMAT, INITIAL_STATE, MANIFEST, sha256_file, write_json_atomic
 
 from .config import MirasolConfig
 from .engines import ENGINE_SUFFIX, EngineBuildError, Profile, build_onnxruntime, build_tensorrt
@@ -221,8 +221,7 @@ def build(
                        "hardware_compatibility": recipe.build.hardware_compatibility,
                        "version_compatible": recipe.build.version_compatible},
             "batch": recipe.build.batch,
-            "state": {name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-                      for name, t in model.init_state(recipe.build.batch).items()},
+            "state": _write_initial_state(model, staging),
             "components": components,
         }
         write_json_atomic(staging / MANIFEST, manifest)
@@ -231,6 +230,20 @@ def build(
         if staging.exists():
             shutil.rmtree(staging)
     return manifest
+
+
+def _write_initial_state(model: Mirasol, staging: Path) -> dict:
+    """The state a stream starts from (one stream; the runtime repeats it per batch slot).
+
+    The runtime needs it without torch: the TTM memory starts from learned values.
+    """
+    from safetensors.numpy import save_file
+
+    state = {name: t.numpy() for name, t in model.init_state(1).items()}
+    path = staging / INITIAL_STATE
+    save_file(state, str(path))
+    return {"file": INITIAL_STATE, "sha256": sha256_file(path),
+            "tensors": {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in state.items()}}
 
 
 def _toolkit_version() -> str:

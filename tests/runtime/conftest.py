@@ -1,0 +1,38 @@
+"""Engines shared by the runtime tests: a real cpu build of a tiny checkpoint, made once per session."""
+
+import pytest
+import torch
+
+from mirasol_edge.toolkit import Mirasol, MirasolConfig
+from mirasol_edge.toolkit.build import build
+from mirasol_edge.toolkit.recipe import load_recipe
+
+
+def lively_model(seed: int = 1) -> Mirasol:
+    """A tiny model whose answers depend on what it has seen.
+
+    Default initialization makes the untrained text decoder say the same thing whatever the
+    state; unit-variance weights make its answers change from chunk to chunk, so a test that
+    compares answers can tell one state from another.
+    """
+    torch.manual_seed(seed)
+    model = Mirasol(MirasolConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, p.shape[-1] ** -0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-lively.safetensors"
+    lively_model().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tmp_path_factory, tiny_checkpoint):
+    out = tmp_path_factory.mktemp("engines") / "tiny-cpu"
+    build(load_recipe("cpu"), out, checkpoint=tiny_checkpoint)
+    return out
