@@ -26,11 +26,14 @@ def _fail(exc: Exception) -> None:
     sys.exit(code)
 
 
+LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")
+
+
 def _expected_chunks(source: str, chunk_seconds: float) -> int | None:
     """For files, how many chunks to expect (for the progress bar); None for live sources."""
     from .decode.chunks import DecodeError, open_media
 
-    if source.startswith(("rtsp://", "http://", "https://", "/dev/")):
+    if source.startswith(LIVE_PREFIXES):
         return None
     try:
         container = open_media(source)
@@ -100,7 +103,9 @@ class Reporter:
             f"{summary['wall_seconds']:.2f} s: {summary['realtime_factor']:.1f}x real time on "
             f"{summary['backend']['backend']} ({summary['backend']['device']})\n"
             f"push ms  p50 {push.get('p50', 0):.2f}  p95 {push.get('p95', 0):.2f}  max {push.get('max', 0):.2f}   "
-            f"decode ms  p50 {dec.get('p50', 0):.2f}  p95 {dec.get('p95', 0):.2f}", highlight=False)
+            f"decode ms  p50 {dec.get('p50', 0):.2f}  p95 {dec.get('p95', 0):.2f}"
+            + (f"\ndropped {summary['dropped']} chunks, {summary['reconnects']} reconnects"
+               if summary["dropped"] or summary["reconnects"] else ""), highlight=False)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,10 +120,16 @@ class Reporter:
 @click.option("--max-chunks", type=click.IntRange(min=1), help="stop after this many chunks")
 @click.option("--last", type=click.Choice(["pad", "drop"]), default="pad", show_default=True,
               help="the last partial chunk: pad it (flagged) or drop it")
+@click.option("--drop", type=click.Choice(["oldest", "newest", "none"]),
+              help="live sources, when the model falls behind: drop the oldest waiting chunk (default), "
+                   "the newest, or none (the decoder waits; the default for files)")
+@click.option("--reconnects", type=click.IntRange(min=0), default=3, show_default=True,
+              help="live sources: reopen a failed source this many times in a row before giving up")
 @click.option("--restore", type=click.Path(dir_okay=False), help="start from a snapshot of an earlier run")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="write the state here at the end")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts: chunk, answer and summary events")
-def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, last, restore, snapshot, as_json):
+def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, last, drop, reconnects, restore,
+         snapshot, as_json):
     """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
     ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
 
@@ -127,6 +138,7 @@ def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, 
     mirasol-run rtsp://cam/stream -e engines/rtx -a "is anyone there?" --ask-every 30 --json
     """
     from .decode.chunks import ChunkSpec, chunks
+    from .decode.live import LiveSource
     from .stream import MirasolStream
 
     stream = None
@@ -140,7 +152,11 @@ def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, 
         push_ms, decode_ms, media = [], [], 0.0
         start = time.perf_counter()
         tick = start
-        for chunk in chunks(source, spec, last=last):
+        live = None
+        if source.startswith(LIVE_PREFIXES) or drop not in (None, "none"):
+            live = LiveSource(source, spec, drop=drop or "oldest", max_reconnects=reconnects, last=last,
+                              reconnect_on_end=source.startswith(LIVE_PREFIXES))
+        for chunk in live if live is not None else chunks(source, spec, last=last):
             got = time.perf_counter()
             result = stream.push(chunk)
             decode_ms.append((got - tick) * 1e3)
@@ -162,7 +178,11 @@ def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, 
                           "media_seconds": round(media, 3), "wall_seconds": round(wall, 3),
                           "realtime_factor": round(media / wall, 2) if wall else None,
                           "push_ms": percentiles(push_ms), "decode_ms": percentiles(decode_ms),
-                          "backend": stream.engines.backend.describe(), "snapshot": snapshot})
+                          "backend": stream.engines.backend.describe(), "snapshot": snapshot,
+                          "dropped": live.stats.dropped if live else 0,
+                          "reconnects": live.stats.reconnects if live else 0})
+        if live is not None:
+            live.close()
     except click.UsageError:
         raise
     except KeyboardInterrupt:

@@ -28,6 +28,7 @@ from .mel import log_mel
 
 log = logging.getLogger(__name__)
 MAX_DIMENSION = 16384
+GAP_PERIODS = 2.5  # variable frame rate sources stretch a period to 2x; a real loss is longer
 
 
 class DecodeError(Exception):
@@ -59,7 +60,7 @@ class Flags(enum.IntFlag):
     NONE = 0
     PADDED = 1  # last partial chunk, padded
     SILENT = 2  # the source has no audio track: the mel is of silence
-    DAMAGED = 4  # packets in this chunk failed to decode and were skipped
+    DAMAGED = 4  # frames in this chunk were lost (corrupt packets, or a gap the demuxer skipped)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Chunk:
     t1: float
     index: int
     flags: Flags
-    damaged_packets: int = 0
+    damaged_frames: int = 0  # frames lost in this chunk: undecodable packets and gaps in the timestamps
 
 
 def _describe(source: Any) -> str:
@@ -123,9 +124,28 @@ def open_media(source: Any, timeout: float | None = 10.0) -> av.container.InputC
     try:
         return av.open(source if not isinstance(source, Path) else str(source), timeout=timeout, **options)
     except av.error.InvalidDataError as exc:
+        if _looks_like_mp4(source):
+            raise TruncatedMedia(
+                f"{name}: an MP4/MOV file whose index (moov box) cannot be read: truncated, or still being "
+                f"written ({exc})"
+            ) from None
         raise NotMedia(f"{name}: not a media file FFmpeg can read ({exc})") from None
     except av.error.FFmpegError as exc:
         raise DecodeError(f"{name}: cannot open ({exc})") from None
+
+
+def _looks_like_mp4(source: Any) -> bool:
+    """ISO BMFF files start with a box whose type is ftyp (or the moov/mdat of older writers)."""
+    try:
+        if isinstance(source, io.IOBase):
+            source.seek(0)
+            head = source.read(12)
+        else:
+            with open(source, "rb") as f:
+                head = f.read(12)
+    except (OSError, TypeError):
+        return False
+    return head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide")
 
 
 class _VideoSampler:
@@ -186,6 +206,8 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str) -> Iterator[Chunk]
         raise NoVideoStream(f"{name}: no video stream (streams: {[s.type for s in container.streams]})")
     vstream = container.streams.video[0]
     ctx = vstream.codec_context
+    if ctx.width == 0 or ctx.height == 0:
+        raise TruncatedMedia(f"{name}: the video stream's size cannot be read (0x0): damaged or truncated header")
     if not (0 < ctx.width <= MAX_DIMENSION and 0 < ctx.height <= MAX_DIMENSION):
         raise AbsurdDimensions(f"{name}: video is {ctx.width}x{ctx.height}; expected 1..{MAX_DIMENSION} per side")
     astream = container.streams.audio[0] if container.streams.audio else None
@@ -237,6 +259,9 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str) -> Iterator[Chunk]
                 cut = max(0, round((t1 - audio_t0) * spec.sample_rate))
                 audio, audio_t0 = audio[cut:], audio_t0 + cut / spec.sample_rate
 
+    # A corrupt stretch often decodes "fine": the demuxer resyncs and frames just go missing.
+    # A gap of more than GAP_PERIODS frame periods in the timestamps counts as lost frames.
+    period = 1.0 / float(vstream.average_rate) if vstream.average_rate else None
     streams = [vstream] + ([astream] if astream else [])
     try:
         for packet in container.demux(*streams):
@@ -250,6 +275,8 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str) -> Iterator[Chunk]
             for frame in decoded:
                 if packet.stream is vstream:
                     time = _frame_time(frame, last_time)
+                    if period and decoded_video and time - last_time > GAP_PERIODS * period:
+                        damaged += round((time - last_time) / period) - 1
                     last_time = time
                     decoded_video += 1
                     frames.extend(rgb for _, rgb in sampler.push(frame, time))

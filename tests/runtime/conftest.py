@@ -36,3 +36,12 @@ def tiny_engines(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("engines") / "tiny-cpu"
     build(load_recipe("cpu"), out, checkpoint=tiny_checkpoint)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rtx_engines(tmp_path_factory, tiny_checkpoint):
+    """Real TensorRT-RTX engines (built ahead of time on this CPU), fp16 in the graph."""
+    pytest.importorskip("tensorrt_rtx")
+    out = tmp_path_factory.mktemp("engines") / "tiny-rtx"
+    build(load_recipe("rtx"), out, checkpoint=tiny_checkpoint)
+    return out

@@ -64,3 +64,23 @@ def test_errors_name_the_problem_and_set_the_exit_code(tmp_path, tiny_engines):
     assert bad_state.exit_code == 4 and "bad.state" in bad_state.output
     usage = run(clip, "-e", tiny_engines, "--ask-every", "2")
     assert usage.exit_code == 2 and "--ask-every needs at least one --ask" in usage.output
+
+
+def test_a_live_source_that_dies_is_retried_then_reported(tmp_path, tiny_engines):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run(f"http://127.0.0.1:{port}/cam.ts", "-e", tiny_engines, "--reconnects", "1")
+    assert result.exit_code == 3
+    assert f"127.0.0.1:{port}/cam.ts: gave up after 2 failed attempt" in result.output
+
+
+def test_dropping_under_back_pressure_is_reported(tmp_path, tiny_engines):
+    clip = write_clip(tmp_path / "clip.mkv", 4.0, fps=10, size=(64, 48))
+    result = run(clip, "-e", tiny_engines, "--drop", "oldest", "--json")
+    assert result.exit_code == 0, result.output
+    summary = events(result.output)[-1]
+    indices = [e["index"] for e in events(result.output) if e["event"] == "chunk"]
+    assert summary["dropped"] == 4 - len(indices) and indices == sorted(indices)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mirasol_edge.runtime.decode.chunks import (
-    ChunkSpec, EmptySource, Flags, NoVideoStream, NotMedia, ShortSource, chunks,
+    AbsurdDimensions, ChunkSpec, EmptySource, Flags, NoVideoStream, NotMedia, ShortSource, TruncatedMedia, chunks,
 )
 from mirasol_edge.runtime.decode.mel import log_mel as numpy_log_mel
 from mirasol_edge.toolkit import MirasolConfig
@@ -124,3 +124,67 @@ def test_numpy_mel_matches_the_models_torch_mel():
     assert ours.shape == reference.shape == (cfg.mel_frames_per_chunk, cfg.n_mels)
     loud = reference > -80
     assert np.abs(ours - reference)[loud].max() < 0.01
+
+
+def test_truncated_files_say_so_after_the_chunks_they_had(tmp_path):
+    for ext in ("mkv", "mp4"):
+        data = write_clip(tmp_path / f"whole.{ext}", 8.0, fps=10).read_bytes()
+        (tmp_path / f"cut.{ext}").write_bytes(data[: int(len(data) * 0.6)])
+    got = []
+    with pytest.raises(TruncatedMedia, match=r"cut\.mkv: video ends at .* but the container says 8"):
+        for c in chunks(tmp_path / "cut.mkv", SPEC):
+            got.append(c.index)
+    assert 3 <= len(got) < 8  # what was there was delivered first
+    with pytest.raises(TruncatedMedia, match=r"cut\.mp4: an MP4/MOV file whose index \(moov box\) cannot be read"):
+        list(chunks(tmp_path / "cut.mp4", SPEC))
+
+
+def test_a_corrupt_stretch_mid_file_is_skipped_and_counted(tmp_path):
+    data = bytearray(write_clip(tmp_path / "c.mkv", 8.0, fps=10).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 600] = np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8).tobytes()
+    (tmp_path / "bad.mkv").write_bytes(bytes(data))
+    out = list(chunks(tmp_path / "bad.mkv", SPEC))
+    assert [c.index for c in out] == list(range(8))  # it kept going to the end
+    damaged = [c for c in out if c.flags & Flags.DAMAGED]
+    assert damaged and sum(c.damaged_frames for c in damaged) >= 5
+    assert frame_index(out[-1].frames[-1]) == 77  # t = 7.75 s: frames after the damage are right again
+
+
+def test_absurd_dimensions_are_refused(tmp_path):
+    import av
+
+    path = tmp_path / "wide.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=10)
+        s.width, s.height, s.pix_fmt = 17000, 8, "yuvj420p"
+        frame = av.VideoFrame.from_ndarray(np.zeros((8, 17000, 3), np.uint8), format="rgb24")
+        for p in [*s.encode(frame), *s.encode()]:
+            c.mux(p)
+    with pytest.raises(AbsurdDimensions, match=r"wide\.mkv: video is 17000x8"):
+        list(chunks(path, SPEC))
+
+
+def test_ten_minutes_decode_in_order_with_flat_memory(tmp_path):
+    """Sequential decode holds one chunk: memory at chunk 590 is what it was at chunk 60.
+
+    (Per-chunk decode *time* over long files is measured in bench/decode.py, not here.)
+    """
+    import tracemalloc
+
+    clip = write_clip(tmp_path / "long.mkv", 600.0, fps=5, size=(48, 32), beeps=(590.3,))
+    tracemalloc.start()
+    try:
+        for c in chunks(clip, SPEC):
+            if c.index == 60:
+                early = tracemalloc.get_traced_memory()[0]
+            if c.index == 590:
+                late = tracemalloc.get_traced_memory()[0]
+                beep_chunk = c
+            last = c.index
+    finally:
+        tracemalloc.stop()
+    assert last == 599
+    assert late - early < 256 * 1024, f"decoder memory grew by {(late - early) / 1024:.0f} KiB"
+    hop_s = SPEC.hop_length / SPEC.sample_rate
+    assert abs(onset_frame(beep_chunk.mel) - round(0.3 / hop_s)) <= 2  # still aligned after 10 minutes
