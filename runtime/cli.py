@@ -15,6 +15,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .decode.chunks import LIVE_PREFIXES
+
 EXIT = {"ManifestError": 2, "BackendError": 2, "TensorRTMissing": 2, "CudaError": 2, "ChunkShapeError": 2,
         "DecodeError": 3, "SnapshotError": 4}
 err = Console(stderr=True, soft_wrap=True)
@@ -26,7 +28,6 @@ def _fail(exc: Exception) -> None:
     sys.exit(code)
 
 
-LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")
 
 
 def _expected_chunks(source: str, chunk_seconds: float) -> int | None:

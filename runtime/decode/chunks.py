@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import io
+from fractions import Fraction
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class Chunk:
     index: int
     flags: Flags
     damaged_frames: int = 0  # frames lost in this chunk: undecodable packets and gaps in the timestamps
+    decoder: str = "pyav"  # which path decoded the video: pyav, dali-cpu or dali-gpu
 
 
 def _describe(source: Any) -> str:
@@ -155,16 +157,18 @@ class _VideoSampler:
         self.spec = spec
         self.t_start: float | None = None
         self.next_k = 0
-        self.held: av.VideoFrame | None = None
+        self.held: av.VideoFrame | np.ndarray | None = None
         self.held_rgb: np.ndarray | None = None
 
     def _rgb(self) -> np.ndarray:
         if self.held_rgb is None:
             size = self.spec.image_size
-            self.held_rgb = self.held.reformat(width=size, height=size, format="rgb24").to_ndarray()
+            held = self.held
+            self.held_rgb = held if isinstance(held, np.ndarray) else held.reformat(
+                width=size, height=size, format="rgb24").to_ndarray()
         return self.held_rgb
 
-    def push(self, frame: av.VideoFrame, time: float) -> list[tuple[float, np.ndarray]]:
+    def push(self, frame: av.VideoFrame | np.ndarray, time: float) -> list[tuple[float, np.ndarray]]:
         out = []
         if self.t_start is None:
             self.t_start = time
@@ -189,19 +193,33 @@ def _frame_time(frame: av.frame.Frame, fallback: float) -> float:
     return float(frame.time) if frame.time is not None else fallback
 
 
-def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: float | None = 10.0) -> Iterator[Chunk]:
-    """Yield ``Chunk``s from a file, URL, camera or bytes, sequentially (see module docstring)."""
+DECODERS = ("auto", "pyav", "dali-cpu", "dali-gpu")
+LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")
+
+
+def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
+           decoder: str = "auto") -> Iterator[Chunk]:
+    """Yield ``Chunk``s from a file, URL, camera or bytes, sequentially (see module docstring).
+
+    ``decoder``: ``auto`` picks DALI's NVDEC decoder on a GPU, DALI's CPU decoder for VP9 and
+    MJPEG, and PyAV for everything else (H.264/MPEG-4 on a CPU, Jetson, live sources, variable
+    frame rate). ``Chunk.decoder`` reports which one ran.
+    """
     if last not in ("pad", "drop"):
         raise ValueError(f"last must be 'pad' or 'drop', got {last!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     name = _describe(source)
     container = open_media(source, timeout)
     try:
-        yield from _chunks(container, name, spec, last)
+        vstream = _check_video(container, name)
+        path, rate = choose_decoder(decoder, source, vstream, name)
+        yield from _chunks(container, name, spec, last, vstream, path, (source, rate) if path != "pyav" else None)
     finally:
         container.close()
 
 
-def _chunks(container, name: str, spec: ChunkSpec, last: str) -> Iterator[Chunk]:
+def _check_video(container, name: str):
     if not container.streams.video:
         raise NoVideoStream(f"{name}: no video stream (streams: {[s.type for s in container.streams]})")
     vstream = container.streams.video[0]
@@ -210,16 +228,139 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str) -> Iterator[Chunk]
         raise TruncatedMedia(f"{name}: the video stream's size cannot be read (0x0): damaged or truncated header")
     if not (0 < ctx.width <= MAX_DIMENSION and 0 < ctx.height <= MAX_DIMENSION):
         raise AbsurdDimensions(f"{name}: video is {ctx.width}x{ctx.height}; expected 1..{MAX_DIMENSION} per side")
+    return vstream
+
+
+def probe_constant_rate(source: Any, packets: int = 64) -> Fraction | None:
+    """The frame rate if the first ``packets`` video timestamps are evenly spaced, else None.
+
+    Containers such as Matroska store no frame rate (FFmpeg then guesses 24), so the rate
+    DALI's frame clock needs is measured from the timestamps themselves.
+    """
+    if not isinstance(source, (str, Path)):
+        return None
+    try:
+        with av.open(str(source)) as probe:
+            stream = probe.streams.video[0]
+            times = []
+            for packet in probe.demux(stream):
+                if packet.pts is not None:
+                    times.append(float(packet.pts * packet.time_base))
+                if len(times) >= packets:
+                    break
+    except (av.error.FFmpegError, IndexError):
+        return None
+    steps = np.diff(np.sort(times))
+    if len(steps) < 2 or steps.min() <= 0 or steps.max() > 1.01 * steps.min():
+        return None
+    return Fraction(1.0 / float(np.median(steps))).limit_denominator(1001)  # 30000/1001, not 29.97002997
+
+
+def choose_decoder(requested: str, source: Any, vstream, name: str) -> tuple[str, float | None]:
+    """Which decoder runs this source (and, for DALI, the measured frame rate); a forced choice
+    that cannot work says why."""
+    from . import dali
+
+    codec = vstream.codec_context.name
+    live = isinstance(source, str) and source.startswith(LIVE_PREFIXES)
+    if requested == "pyav":
+        return "pyav", None
+    problems = []
+    if not dali.available():
+        problems.append("DALI is not installed" + (" (and does not decode video on Jetson)" if dali.is_jetson() else ""))
+    if live or isinstance(source, (bytes, bytearray, io.IOBase)):
+        problems.append("DALI decodes whole files, not live streams or byte buffers")
+    rate = None if problems else probe_constant_rate(source)
+    if not problems and rate is None:
+        problems.append("the video has a variable frame rate, which DALI refuses")
+    gpu_ok = not problems and codec in dali.NVDEC_CODECS and dali.gpu_available()
+    cpu_ok = not problems and codec in dali.CPU_CODECS
+    if requested == "auto":
+        path = "dali-gpu" if gpu_ok else "dali-cpu" if cpu_ok else "pyav"
+        return path, rate if path != "pyav" else None
+    if requested == "dali-gpu" and not gpu_ok:
+        if not problems:
+            problems.append(f"NVDEC here takes {', '.join(sorted(dali.NVDEC_CODECS))}, not {codec}"
+                            if codec not in dali.NVDEC_CODECS else "no CUDA GPU is visible to DALI")
+        raise UnsupportedCodec(f"{name}: cannot decode {codec} with DALI's GPU decoder: {'; '.join(problems)}")
+    if requested == "dali-cpu" and not cpu_ok:
+        if not problems:
+            problems.append(f"its CPU decoder takes {', '.join(sorted(dali.CPU_CODECS))}, not {codec}")
+        raise UnsupportedCodec(f"{name}: cannot decode {codec} with DALI's CPU decoder: {'; '.join(problems)}")
+    return requested, rate
+
+
+def _pyav_events(container, vstream, astream, name: str, state: dict) -> Iterator[tuple]:
+    """(kind, time, payload) in demux order: ("v", t, frame), ("a", t, samples), ("damaged", t, n)."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=state["rate"]) if astream else None
+    # A corrupt stretch often decodes "fine": the demuxer resyncs and frames just go missing.
+    # A gap of more than GAP_PERIODS frame periods counts as lost frames. The period is the
+    # shortest step seen: some containers (Matroska) store no rate and FFmpeg guesses 24.
+    streams = ([vstream] if vstream is not None else []) + ([astream] if astream else [])
+    for packet in container.demux(*streams):
+        try:
+            decoded = packet.decode()
+        except av.error.InvalidDataError:
+            yield ("damaged", state["last_time"], 1)
+            continue
+        except av.error.DecoderNotFoundError as exc:
+            raise UnsupportedCodec(f"{name}: no decoder for {packet.stream.codec_context.name} ({exc})") from None
+        for frame in decoded:
+            if packet.stream is vstream:
+                time = _frame_time(frame, state["last_time"])
+                step, period = time - state["last_time"], state["period"]
+                if state["decoded_video"] and step > 0:
+                    if period and step > GAP_PERIODS * period:
+                        yield ("damaged", time, round(step / period) - 1)
+                    state["period"] = min(period or step, step)
+                state["last_time"] = time
+                state["decoded_video"] += 1
+                yield ("v", time, frame)
+            else:
+                for out in resampler.resample(frame):
+                    yield ("a", _frame_time(out, 0.0), out.to_ndarray().reshape(-1))
+    if resampler is not None:
+        for out in resampler.resample(None):
+            yield ("a", None, out.to_ndarray().reshape(-1))
+
+
+def _dali_events(source: tuple[Any, float], vstream, astream, container, name: str, spec: ChunkSpec,
+                 device: str, state: dict) -> Iterator[tuple]:
+    """DALI's frames (times from the measured constant rate) merged in time order with PyAV's audio."""
+    import heapq
+
+    from . import dali
+
+    source, rate = source
+    start = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
+    data = Path(source).read_bytes()
+
+    state["period"] = float(1 / rate)
+
+    def video():
+        for k, rgb in enumerate(dali.frames(data, spec.image_size, "gpu" if device == "dali-gpu" else "cpu")):
+            time = start + float(k / rate)
+            state["last_time"] = time
+            state["decoded_video"] += 1
+            yield ("v", time, rgb)
+
+    audio = _pyav_events(container, None, astream, name, state) if astream else iter(())
+    # Audio with no time (the resampler's tail) sorts last.
+    return heapq.merge(video(), audio, key=lambda e: float("inf") if e[1] is None else e[1])
+
+
+def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str = "pyav",
+            dali_source: tuple[Any, float] | None = None) -> Iterator[Chunk]:
     astream = container.streams.audio[0] if container.streams.audio else None
     vstream.thread_type = "AUTO"
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate) if astream else None
+    state = {"rate": spec.sample_rate, "last_time": 0.0, "decoded_video": 0, "period": None}
 
     sampler = _VideoSampler(spec)
     frames: list[np.ndarray] = []
     audio = np.zeros(0, dtype=np.float32)  # samples from audio_t0 on, trimmed as chunks go out
     audio_t0: float | None = None
     audio_done = astream is None
-    index, damaged, decoded_video, last_time = 0, 0, 0, 0.0
+    index, damaged = 0, 0
     base_flags = Flags.SILENT if astream is None else Flags.NONE
 
     def chunk_audio(t0: float, t1: float) -> tuple[np.ndarray, bool]:
@@ -253,51 +394,39 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str) -> Iterator[Chunk]
             if damaged:
                 flags |= Flags.DAMAGED
             mel = log_mel(samples, spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels)
-            yield Chunk(np.stack(take), mel, t0, t1, index, flags, damaged)
+            yield Chunk(np.stack(take), mel, t0, t1, index, flags, damaged, path)
             frames, index, damaged = frames[spec.frames_per_chunk :], index + 1, 0
             if audio_t0 is not None:  # keep memory bounded: drop audio before the next chunk
                 cut = max(0, round((t1 - audio_t0) * spec.sample_rate))
                 audio, audio_t0 = audio[cut:], audio_t0 + cut / spec.sample_rate
 
-    # A corrupt stretch often decodes "fine": the demuxer resyncs and frames just go missing.
-    # A gap of more than GAP_PERIODS frame periods in the timestamps counts as lost frames.
-    period = 1.0 / float(vstream.average_rate) if vstream.average_rate else None
-    streams = [vstream] + ([astream] if astream else [])
+    events = (_dali_events(dali_source, vstream, astream, container, name, spec, path, state) if dali_source
+              else _pyav_events(container, vstream, astream, name, state))
     try:
-        for packet in container.demux(*streams):
-            try:
-                decoded = packet.decode()
-            except av.error.InvalidDataError:
-                damaged += 1
-                continue
-            except av.error.DecoderNotFoundError as exc:
-                raise UnsupportedCodec(f"{name}: no decoder for {packet.stream.codec_context.name} ({exc})") from None
-            for frame in decoded:
-                if packet.stream is vstream:
-                    time = _frame_time(frame, last_time)
-                    if period and decoded_video and time - last_time > GAP_PERIODS * period:
-                        damaged += round((time - last_time) / period) - 1
-                    last_time = time
-                    decoded_video += 1
-                    frames.extend(rgb for _, rgb in sampler.push(frame, time))
-                else:
-                    for out in resampler.resample(frame):
-                        if audio_t0 is None:
-                            audio_t0 = _frame_time(out, 0.0)
-                        audio = np.concatenate([audio, out.to_ndarray().reshape(-1)])
+        for kind, time, payload in events:
+            if kind == "v":
+                frames.extend(rgb for _, rgb in sampler.push(payload, time))
+            elif kind == "a":
+                if audio_t0 is None:
+                    audio_t0 = time if time is not None else 0.0
+                audio = np.concatenate([audio, payload])
+            else:
+                damaged += payload
             yield from ready(final=False)
     except av.error.FFmpegError as exc:
-        if not decoded_video:
+        if not state["decoded_video"]:
             raise NotMedia(f"{name}: cannot decode ({exc})") from None
         raise TruncatedMedia(f"{name}: decoding stopped after {index} chunks: {exc}") from None
+    except RuntimeError as exc:  # DALI reports decode failures as RuntimeError
+        if dali_source is None:
+            raise
+        raise UnsupportedCodec(f"{name}: DALI ({path}) failed to decode: {str(exc).splitlines()[0]}") from None
 
-    if resampler is not None:
-        for out in resampler.resample(None):
-            audio = np.concatenate([audio, out.to_ndarray().reshape(-1)])
     audio_done = True
-    if not decoded_video:
+    if not state["decoded_video"]:
         raise NotMedia(f"{name}: no decodable video frames")
-    frame_period = 1.0 / float(vstream.average_rate or spec.fps)
+    last_time = state["last_time"]
+    frame_period = state["period"] or 1.0 / float(vstream.average_rate or spec.fps)
     frames.extend(rgb for _, rgb in sampler.flush(last_time + frame_period))
     yield from ready(final=True)
     if index == 0:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mirasol_edge.runtime.decode.chunks import (
-    AbsurdDimensions, ChunkSpec, EmptySource, Flags, NoVideoStream, NotMedia, ShortSource, TruncatedMedia, chunks,
+    AbsurdDimensions, ChunkSpec, EmptySource, Flags, NoVideoStream, NotMedia, ShortSource, TruncatedMedia,
+    UnsupportedCodec, chunks,
 )
 from mirasol_edge.runtime.decode.mel import log_mel as numpy_log_mel
 from mirasol_edge.toolkit import MirasolConfig
@@ -188,3 +189,49 @@ def test_ten_minutes_decode_in_order_with_flat_memory(tmp_path):
     assert late - early < 256 * 1024, f"decoder memory grew by {(late - early) / 1024:.0f} KiB"
     hop_s = SPEC.hop_length / SPEC.sample_rate
     assert abs(onset_frame(beep_chunk.mel) - round(0.3 / hop_s)) <= 2  # still aligned after 10 minutes
+
+
+def _dali():
+    return pytest.importorskip("nvidia.dali")
+
+
+@pytest.mark.parametrize("kw", [dict(vcodec="libvpx-vp9", acodec="libopus", rate=48000),
+                                dict(vcodec="mjpeg", acodec="pcm_s16le", rate=44100, channels=2)],
+                         ids=["vp9-opus", "mjpeg-pcm"])
+def test_dali_cpu_decodes_like_pyav(tmp_path, kw):
+    _dali()
+    clip = write_clip(tmp_path / "c.mkv", 5.5, fps=10, size=(66, 50), beeps=(1.3,), **kw)
+    by_pyav = list(chunks(clip, SPEC, decoder="pyav"))
+    by_dali = list(chunks(clip, SPEC))  # auto picks DALI for these codecs
+    assert {c.decoder for c in by_dali} == {"dali-cpu"} and {c.decoder for c in by_pyav} == {"pyav"}
+    assert [c.index for c in by_dali] == [c.index for c in by_pyav] == list(range(6))
+    for a, b in zip(by_dali, by_pyav):
+        assert [frame_index(f) for f in a.frames] == [frame_index(f) for f in b.frames]
+        assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 3  # resize filters differ slightly
+        np.testing.assert_array_equal(a.mel, b.mel)  # the audio path is the same
+        assert (a.t0, a.t1, a.flags) == (b.t0, b.t1, b.flags)
+
+
+def test_decoder_choice_and_refusals(tmp_path):
+    _dali()
+    h264 = write_clip(tmp_path / "h.mp4", 2.0, fps=10)
+    assert {c.decoder for c in chunks(h264, SPEC)} == {"pyav"}  # DALI's CPU decoder can't do H.264
+    with pytest.raises(UnsupportedCodec, match=r"h\.mp4: cannot decode h264 with DALI's CPU decoder.*not h264"):
+        list(chunks(h264, SPEC, decoder="dali-cpu"))
+    vfr = write_clip(tmp_path / "vfr.mkv", 3.0, fps=10, vcodec="mjpeg", acodec=None, vfr=True)
+    assert {c.decoder for c in chunks(vfr, SPEC)} == {"pyav"}
+    with pytest.raises(UnsupportedCodec, match="variable frame rate"):
+        list(chunks(vfr, SPEC, decoder="dali-cpu"))
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        list(chunks(h264, SPEC, decoder="nvdec"))
+
+
+@pytest.mark.requires_cuda
+def test_dali_nvdec_decodes_h264_like_pyav(tmp_path):
+    _dali()
+    clip = write_clip(tmp_path / "c.mp4", 4.0, fps=10, size=(66, 50))
+    by_gpu = list(chunks(clip, SPEC, decoder="dali-gpu"))
+    by_pyav = list(chunks(clip, SPEC, decoder="pyav"))
+    assert {c.decoder for c in by_gpu} == {"dali-gpu"}
+    for a, b in zip(by_gpu, by_pyav, strict=True):
+        assert [frame_index(f) for f in a.frames] == [frame_index(f) for f in b.frames]

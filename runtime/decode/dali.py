@@ -1,0 +1,81 @@
+"""Video frames from NVIDIA DALI, decoded sequentially (``fn.experimental.inputs.video``).
+
+DALI's seek-based reader slows to a crawl on long videos (DALI issue 5672), so the file's
+bytes are fed once to the streaming input operator and consecutive sequences come out.
+Resize happens inside the pipeline (on the GPU for the ``mixed`` decoder).
+
+What decodes where, measured on these machines (see DESIGN.md):
+- CPU decoder: VP9 and MJPEG; **not** H.264 or MPEG-4 (PyAV does those).
+- mixed (NVDEC) decoder: H.264, HEVC, VP9, AV1 on a GPU.
+- Jetson: DALI does not decode video at all (DALI issue 2662).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+
+import numpy as np
+
+CPU_CODECS = frozenset({"vp9", "mjpeg"})
+NVDEC_CODECS = frozenset({"h264", "hevc", "vp9", "av1"})
+SEQUENCE = 16  # frames per DALI run: enough to amortize a run, small enough to bound memory
+
+
+def available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return not is_jetson()
+
+
+def is_jetson() -> bool:
+    return platform.machine() == "aarch64" and (
+        _read("/etc/nv_tegra_release") is not None or "tegra" in (_read("/proc/device-tree/compatible") or "")
+    )
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def gpu_available() -> bool:
+    try:
+        from nvidia.dali.backend import GetCUDADeviceCount
+
+        return GetCUDADeviceCount() > 0
+    except (ImportError, RuntimeError):
+        return False
+
+
+def frames(data: bytes, image_size: int, device: str = "cpu") -> Iterator[np.ndarray]:
+    """Every frame of an encoded video, in order, resized to ``image_size`` square, RGB uint8 on the host."""
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=1, num_threads=2, device_id=0 if device == "gpu" else None, prefetch_queue_depth=1)
+    def pipeline():
+        video = fn.experimental.inputs.video(name="video", sequence_length=SEQUENCE,
+                                             device="mixed" if device == "gpu" else "cpu",
+                                             last_sequence_policy="partial")
+        return fn.resize(video, resize_x=image_size, resize_y=image_size)
+
+    pipe = pipeline()
+    pipe.build()
+    pipe.feed_input("video", [np.frombuffer(data, np.uint8)])
+    while True:
+        try:
+            (out,) = pipe.run()
+        except RuntimeError as exc:
+            if "No data was provided" in str(exc):  # the file is used up: DALI's way of saying so
+                return
+            raise
+        batch = out.as_cpu() if device == "gpu" else out
+        sequence = np.array(batch[0])
+        yield from sequence
+        if len(sequence) < SEQUENCE:
+            return
