@@ -16,11 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/python -m mirasol_edge.toolkit.summary
-	$(BIN)/mirasol-build --recipe cpu --preset tiny --out engines/tiny-cpu
-	$(BIN)/mirasol-build --recipe rtx --preset tiny --out engines/tiny-rtx
-	$(BIN)/mirasol-run samples/colours.mp4 --engines engines/tiny-cpu \
-		--ask "what colour is the square?" --ask "was there a beep?" --ask-every 6
+	$(BIN)/mirasol-build --recipe cpu --checkpoint models/tiny-synthetic.safetensors --out engines/tiny-synthetic-cpu
+	$(BIN)/mirasol-run samples/sample.mp4 --engines engines/tiny-synthetic-cpu --questions samples/sample.json
+	$(BIN)/mirasol-build --recipe rtx --checkpoint models/tiny-synthetic.safetensors --out engines/tiny-synthetic-rtx
 
 test: setup
 	$(BIN)/python -m pytest -q

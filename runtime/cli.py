@@ -54,6 +54,16 @@ def percentiles(values: list[float]) -> dict:
             "max": round(float(a.max()), 3), "mean": round(float(a.mean()), 3)}
 
 
+def _load_questions(path: str) -> dict[str, str]:
+    """question -> expected answer, from {"qa": [{"question", "answer"}]} or a bare list of those."""
+    try:
+        data = json.loads(open(path).read())
+        items = data["qa"] if isinstance(data, dict) else data
+        return {item["question"]: item["answer"] for item in items}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise click.UsageError(f"{path}: expected {{\"qa\": [{{\"question\": ..., \"answer\": ...}}]}} ({exc})")
+
+
 class Reporter:
     """Per-chunk lines, answers and the final summary, as rich text or JSON lines."""
 
@@ -77,19 +87,27 @@ class Reporter:
             return
         line = (f"chunk {result.index:5d}  [{result.t0:7.2f}s, {result.t1:7.2f}s)  decode {decode_ms:7.2f} ms  "
                 f"push {t.total_ms:7.2f} ms (encode {t.encode_ms:.2f}, AR {t.ar_ms:.2f})")
+        if result.flags & 1:
+            line += "  (padded: the source ended mid-chunk)"
         self.console.print(line, highlight=False)
         if self.progress:
             self.progress.advance(self.task)
 
-    def answer(self, question: str, answer) -> None:
+    def answer(self, question: str, answer, expected: str | None = None) -> None:
         if self.as_json:
-            click.echo(json.dumps({"event": "answer", "question": question, "answer": answer.text,
-                                   "chunks_seen": answer.chunks_seen, "truncated": answer.truncated,
-                                   "first_token_ms": round(answer.first_token_ms, 3),
-                                   "total_ms": round(answer.total_ms, 3), "tokens": len(answer.tokens)}))
+            event = {"event": "answer", "question": question, "answer": answer.text,
+                     "chunks_seen": answer.chunks_seen, "truncated": answer.truncated,
+                     "first_token_ms": round(answer.first_token_ms, 3), "total_ms": round(answer.total_ms, 3),
+                     "tokens": len(answer.tokens)}
+            if expected is not None:
+                event.update(expected=expected, correct=answer.text == expected)
+            click.echo(json.dumps(event))
             return
+        check = ""
+        if expected is not None:
+            check = ("  [green]✓[/]" if answer.text == expected else "  [red]✗[/]") + f" expected {expected!r}"
         self.console.print(f"[bold cyan]Q[/] (after {answer.chunks_seen} chunks) {question}\n[bold green]A[/] "
-                           f"{answer.text!r}   [dim]first token {answer.first_token_ms:.1f} ms, "
+                           f"{answer.text!r}{check}   [dim]first token {answer.first_token_ms:.1f} ms, "
                            f"{len(answer.tokens)} tokens in {answer.total_ms:.1f} ms[/]", highlight=False)
 
     def summary(self, summary: dict) -> None:
@@ -105,6 +123,7 @@ class Reporter:
             f"{summary['backend']['backend']} ({summary['backend']['device']})\n"
             f"push ms  p50 {push.get('p50', 0):.2f}  p95 {push.get('p95', 0):.2f}  max {push.get('max', 0):.2f}   "
             f"decode ms  p50 {dec.get('p50', 0):.2f}  p95 {dec.get('p95', 0):.2f}"
+            + (f"\n[bold]{summary['correct']} answers as expected[/]" if summary["correct"] else "")
             + (f"\ndropped {summary['dropped']} chunks, {summary['reconnects']} reconnects"
                if summary["dropped"] or summary["reconnects"] else ""), highlight=False)
 
@@ -114,6 +133,9 @@ class Reporter:
 @click.option("--engines", "-e", "engine_dir", required=True, type=click.Path(file_okay=False),
               help="an engine directory built by mirasol-build")
 @click.option("--ask", "-a", "questions", multiple=True, help="a question; repeat for several")
+@click.option("--questions", "questions_file", type=click.Path(dir_okay=False, exists=True),
+              help="a JSON file of questions with expected answers ({\"qa\": [{\"question\", \"answer\"}]}, as "
+                   "samples/sample.json); asked at the end, answers shown beside the expected ones")
 @click.option("--ask-every", type=click.IntRange(min=1), help="also ask every N chunks (default: at the end only)")
 @click.option("--backend", "-b", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch"]),
               default="auto", show_default=True, help="auto runs the engines the manifest names")
@@ -129,8 +151,8 @@ class Reporter:
 @click.option("--restore", type=click.Path(dir_okay=False), help="start from a snapshot of an earlier run")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="write the state here at the end")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts: chunk, answer and summary events")
-def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, last, drop, reconnects, restore,
-         snapshot, as_json):
+def main(source, engine_dir, questions, questions_file, ask_every, backend, device, max_chunks, last, drop,
+         reconnects, restore, snapshot, as_json):
     """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
     ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
 
@@ -144,6 +166,8 @@ def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, 
 
     stream = None
     try:
+        expected = _load_questions(questions_file) if questions_file else {}
+        questions = list(questions) + [q for q in expected if q not in questions]
         if ask_every and not questions:
             raise click.UsageError("--ask-every needs at least one --ask")
         stream = (MirasolStream.restore(restore, engine_dir, backend, device) if restore
@@ -171,8 +195,11 @@ def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, 
                 break
             tick = time.perf_counter()
         wall = time.perf_counter() - start
+        correct = 0
         for q in questions:
-            reporter.answer(q, stream.ask(q))
+            answer = stream.ask(q)
+            correct += q in expected and answer.text == expected[q]
+            reporter.answer(q, answer, expected.get(q))
         if snapshot:
             stream.snapshot(snapshot)
         reporter.summary({"source": source, "engines": engine_dir, "chunks": len(push_ms),
@@ -180,6 +207,7 @@ def main(source, engine_dir, questions, ask_every, backend, device, max_chunks, 
                           "realtime_factor": round(media / wall, 2) if wall else None,
                           "push_ms": percentiles(push_ms), "decode_ms": percentiles(decode_ms),
                           "backend": stream.engines.backend.describe(), "snapshot": snapshot,
+                          "correct": f"{correct}/{len(expected)}" if expected else None,
                           "dropped": live.stats.dropped if live else 0,
                           "reconnects": live.stats.reconnects if live else 0})
         if live is not None:

@@ -198,12 +198,17 @@ LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")
 
 
 def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
-           decoder: str = "auto") -> Iterator[Chunk]:
+           decoder: str = "auto", mel: str = "auto") -> Iterator[Chunk]:
     """Yield ``Chunk``s from a file, URL, camera or bytes, sequentially (see module docstring).
 
-    ``decoder``: ``auto`` picks DALI's NVDEC decoder on a GPU, DALI's CPU decoder for VP9 and
-    MJPEG, and PyAV for everything else (H.264/MPEG-4 on a CPU, Jetson, live sources, variable
-    frame rate). ``Chunk.decoder`` reports which one ran.
+    ``decoder``: ``auto`` picks DALI's NVDEC decoder on a GPU (H.264, HEVC, VP9, AV1; constant
+    frame rate files) and PyAV for everything else: CPU-only machines, Jetson, live sources,
+    variable frame rate. DALI's CPU decoder (VP9, MJPEG) runs when asked for (``dali-cpu``):
+    on the 2-core benchmark machine it was 3-5x slower than PyAV at 640x360 (bench/decode.py).
+    ``Chunk.decoder`` reports which one ran.
+
+    ``mel``: ``numpy``, ``dali`` (DALI's operators, on the GPU with the NVDEC decoder) or
+    ``auto`` (DALI with NVDEC, else numpy); both match the model's torch mel (tested).
     """
     if last not in ("pad", "drop"):
         raise ValueError(f"last must be 'pad' or 'drop', got {last!r}")
@@ -214,9 +219,24 @@ def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
     try:
         vstream = _check_video(container, name)
         path, rate = choose_decoder(decoder, source, vstream, name)
-        yield from _chunks(container, name, spec, last, vstream, path, (source, rate) if path != "pyav" else None)
+        mel_fn = _mel_function(spec, mel, path)
+        yield from _chunks(container, name, spec, last, vstream, path, (source, rate) if path != "pyav" else None,
+                           mel_fn)
     finally:
         container.close()
+
+
+def _mel_function(spec: ChunkSpec, mel: str, path: str):
+    if mel not in ("auto", "numpy", "dali"):
+        raise ValueError(f"mel must be 'auto', 'numpy' or 'dali', got {mel!r}")
+    if mel == "numpy" or (mel == "auto" and path != "dali-gpu"):
+        return lambda samples: log_mel(samples, spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels)
+    from . import dali
+
+    if not dali.available():
+        raise DecodeError("mel='dali' needs DALI (pip install 'mirasol-edge[dali]')")
+    return dali.LogMel(spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels,
+                       "gpu" if path == "dali-gpu" else "cpu")
 
 
 def _check_video(container, name: str):
@@ -232,16 +252,19 @@ def _check_video(container, name: str):
 
 
 def probe_constant_rate(source: Any, packets: int = 64) -> Fraction | None:
-    """The frame rate if the first ``packets`` video timestamps are evenly spaced, else None.
+    """The exact frame rate if the first ``packets`` video timestamps are evenly spaced, else None.
 
-    Containers such as Matroska store no frame rate (FFmpeg then guesses 24), so the rate
-    DALI's frame clock needs is measured from the timestamps themselves.
+    Containers such as Matroska store no frame rate (FFmpeg then guesses 24) and round
+    timestamps to milliseconds, so the rate DALI's frame clock needs is measured from the
+    timestamps and snapped to the exact rate it rounds from (30, 30000/1001, ...).
     """
     if not isinstance(source, (str, Path)):
         return None
     try:
         with av.open(str(source)) as probe:
             stream = probe.streams.video[0]
+            declared = [r for r in (stream.average_rate, stream.guessed_rate) if r]
+            quantum = float(stream.time_base)
             times = []
             for packet in probe.demux(stream):
                 if packet.pts is not None:
@@ -250,10 +273,16 @@ def probe_constant_rate(source: Any, packets: int = 64) -> Fraction | None:
                     break
     except (av.error.FFmpegError, IndexError):
         return None
-    steps = np.diff(np.sort(times))
-    if len(steps) < 2 or steps.min() <= 0 or steps.max() > 1.01 * steps.min():
+    times = np.sort(times)
+    steps = np.diff(times)
+    if len(steps) < 2 or steps.min() <= 0 or steps.max() - steps.min() > 2 * quantum + 0.01 * steps.min():
         return None
-    return Fraction(1.0 / float(np.median(steps))).limit_denominator(1001)  # 30000/1001, not 29.97002997
+    measured = (len(times) - 1) / (times[-1] - times[0])
+    nearest = round(measured)
+    for rate in (*declared, Fraction(nearest), Fraction(round(measured * 1.001) * 1000, 1001)):
+        if rate and abs(float(rate) - measured) <= 0.005 * measured:
+            return Fraction(rate)
+    return Fraction(measured).limit_denominator(1001)
 
 
 def choose_decoder(requested: str, source: Any, vstream, name: str) -> tuple[str, float | None]:
@@ -276,7 +305,7 @@ def choose_decoder(requested: str, source: Any, vstream, name: str) -> tuple[str
     gpu_ok = not problems and codec in dali.NVDEC_CODECS and dali.gpu_available()
     cpu_ok = not problems and codec in dali.CPU_CODECS
     if requested == "auto":
-        path = "dali-gpu" if gpu_ok else "dali-cpu" if cpu_ok else "pyav"
+        path = "dali-gpu" if gpu_ok else "pyav"  # DALI's CPU decoder measured slower than PyAV
         return path, rate if path != "pyav" else None
     if requested == "dali-gpu" and not gpu_ok:
         if not problems:
@@ -350,7 +379,7 @@ def _dali_events(source: tuple[Any, float], vstream, astream, container, name: s
 
 
 def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str = "pyav",
-            dali_source: tuple[Any, float] | None = None) -> Iterator[Chunk]:
+            dali_source: tuple[Any, float] | None = None, mel_fn=None) -> Iterator[Chunk]:
     astream = container.streams.audio[0] if container.streams.audio else None
     vstream.thread_type = "AUTO"
     state = {"rate": spec.sample_rate, "last_time": 0.0, "decoded_video": 0, "period": None}
@@ -393,8 +422,7 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str
                 flags |= Flags.PADDED
             if damaged:
                 flags |= Flags.DAMAGED
-            mel = log_mel(samples, spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels)
-            yield Chunk(np.stack(take), mel, t0, t1, index, flags, damaged, path)
+            yield Chunk(np.stack(take), mel_fn(samples), t0, t1, index, flags, damaged, path)
             frames, index, damaged = frames[spec.frames_per_chunk :], index + 1, 0
             if audio_t0 is not None:  # keep memory bounded: drop audio before the next chunk
                 cut = max(0, round((t1 - audio_t0) * spec.sample_rate))

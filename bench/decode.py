@@ -1,0 +1,154 @@
+"""Decode throughput: PyAV vs DALI (CPU, and NVDEC on a GPU) into model chunks.
+
+Encodes its own clips (moving gradients with noise, beeps), then decodes each with each
+decoder that can take it, in a child process per run so peak RSS is that run's own:
+
+- source frames per second and real-time factor (media seconds per wall second);
+- per-chunk decode time over the first and last 10% of a long file (flat = sequential);
+- peak RSS.
+
+    .venv/bin/python bench/decode.py [--seconds 60] [--long-seconds 600] [--preset edge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from mirasol_edge.runtime import machine
+
+CODECS = {  # codec -> (container, audio codec, audio rate, encoder options)
+    "h264": ("mp4", "aac", 48000, {"preset": "veryfast", "bf": "2"}),
+    "vp9": ("mkv", "libopus", 48000, {"deadline": "realtime", "cpu-used": "8"}),
+    "mjpeg": ("mkv", "pcm_s16le", 44100, {}),
+}
+ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9", "mjpeg": "mjpeg"}
+
+
+def encode(path: Path, codec: str, seconds: float, size: tuple[int, int], fps: int) -> Path:
+    ext, acodec, rate, options = CODECS[codec]
+    path = path.with_suffix("." + ext)
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    with av.open(str(path), "w") as out:
+        v = out.add_stream(ENCODERS[codec], rate=fps)
+        v.width, v.height = w, h
+        v.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        v.options = options
+        a = out.add_stream(acodec, rate=rate)
+        a.layout = "mono"
+        for i in range(int(seconds * fps)):
+            img = (x + 3 * i) % 256 + rng.normal(0, 8, (h, w, 1))
+            img = np.clip(np.broadcast_to(img, (h, w, 3)) * [1.0, 0.7, 0.4], 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            for p in v.encode(frame):
+                out.mux(p)
+        for p in v.encode():
+            out.mux(p)
+        t = np.arange(int(seconds * rate)) / rate
+        samples = (0.3 * np.sin(2 * np.pi * 440 * t) * (np.floor(t) % 3 == 0)).astype(np.float32)
+        fmt, size_ = a.codec_context.format.name, a.codec_context.frame_size or 1024
+        for start in range(0, len(samples), size_):
+            block = samples[start : start + size_][None]
+            data = (block * 32767).astype(np.int16) if fmt.startswith("s16") else block
+            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            for p in a.encode(frame):
+                out.mux(p)
+        for p in a.encode():
+            out.mux(p)
+    return path
+
+
+def run_one(path: str, decoder: str, preset: str) -> dict:
+    """In the child: decode the whole file, time every chunk."""
+    from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
+    from mirasol_edge.toolkit import MirasolConfig
+
+    spec = ChunkSpec.from_config(MirasolConfig.preset(preset))
+    with av.open(path) as probe:
+        stream = probe.streams.video[0]
+        duration = float(probe.duration / 1e6)
+        source_frames = stream.frames or round(duration * float(stream.average_rate))
+    times, used = [], None
+    start = tick = time.perf_counter()
+    for chunk in chunks(path, spec, decoder=decoder):
+        now = time.perf_counter()
+        times.append((now - tick) * 1e3)
+        used = chunk.decoder
+        tick = now
+    wall = time.perf_counter() - start
+    tenth = max(1, len(times) // 10)
+    return {"decoder": used, "chunks": len(times), "media_seconds": round(duration, 2), "wall_seconds": round(wall, 3),
+            "source_fps": round(source_frames / wall, 1), "realtime_factor": round(duration / wall, 2),
+            "chunk_ms_first_10pct": round(float(np.median(times[:tenth])), 3),
+            "chunk_ms_last_10pct": round(float(np.median(times[-tenth:])), 3),
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's own high-water mark (VmHWM; ru_maxrss would include the parent's before exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(run_one(sys.argv[2], sys.argv[3], sys.argv[4])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--long-seconds", type=float, default=600)
+    parser.add_argument("--size", default="640x360")
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--preset", default="edge")
+    parser.add_argument("--decoders", nargs="+", default=["pyav", "dali-cpu", "dali-gpu"])
+    parser.add_argument("--media", type=Path, default=Path("/tmp/mirasol-bench-media"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/decode.json"))
+    args = parser.parse_args()
+    args.media.mkdir(parents=True, exist_ok=True)
+    size = tuple(int(v) for v in args.size.split("x"))
+
+    cases = []
+    for codec in CODECS:
+        cases.append((f"{codec} {args.size}@{args.fps} {args.seconds:g}s",
+                      encode(args.media / f"{codec}-{args.seconds:g}", codec, args.seconds, size, args.fps)))
+    for codec in ("h264", "vp9"):  # long and small: per-chunk cost and memory over a long file
+        cases.append((f"{codec} 160x120@10 {args.long_seconds:g}s",
+                      encode(args.media / f"{codec}-long-{args.long_seconds:g}", codec, args.long_seconds,
+                             (160, 120), 10)))
+    rows = []
+    for label, path in cases:
+        for decoder in args.decoders:
+            child = subprocess.run([sys.executable, __file__, "--child", str(path), decoder, args.preset],
+                                   capture_output=True, text=True)
+            if child.returncode:
+                reason = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else f"exit {child.returncode}"
+                row = {"clip": label, "requested": decoder, "skipped": reason[-200:]}
+            else:
+                row = {"clip": label, "requested": decoder, **json.loads(child.stdout.strip().splitlines()[-1])}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine.describe(), "preset": args.preset, "rows": rows}, indent=1) + "\n")
+    print(f"recorded {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The bundled checkpoint really answers: the sample's questions, and fresh held-out clips."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mirasol_edge.demo.dataset import decode_clips
+from mirasol_edge.runtime.cli import main as mirasol_run
+from mirasol_edge.runtime.decode.chunks import ChunkSpec, ShortSource, chunks
+from mirasol_edge.runtime.stream import MirasolStream
+from mirasol_edge.toolkit import Mirasol
+from mirasol_edge.toolkit.train import streaming_accuracy
+
+ROOT = Path(__file__).parents[2]
+CHECKPOINT = ROOT / "models" / "tiny-synthetic.safetensors"
+SAMPLE = json.loads((ROOT / "samples" / "sample.json").read_text())
+FRESH_SEED = 30_000_000  # neither training (0..) nor the recorded held-out set (10,000,000..)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Mirasol.load(CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def sample_state(model):
+    spec = ChunkSpec.from_config(model.cfg)
+    state = model.init_state(1)
+    with torch.no_grad():
+        for chunk in chunks(ROOT / "samples" / SAMPLE["clip"], spec):
+            _, state = model.encode_chunk(torch.from_numpy(chunk.frames)[None], torch.from_numpy(chunk.mel)[None],
+                                          state)
+    return state
+
+
+def test_the_bundled_model_answers_the_sample(model, sample_state):
+    for qa in SAMPLE["qa"]:
+        assert model.answer(sample_state, qa["question"]) == qa["answer"], qa["question"]
+
+
+def test_accuracy_on_fresh_held_out_clips(model):
+    clips = decode_clips(list(range(FRESH_SEED, FRESH_SEED + 24)), ChunkSpec.from_config(model.cfg), workers=1)
+    report = streaming_accuracy(model, clips)
+    assert report["exact_match"] >= 0.85, report
+
+
+def test_a_question_outside_the_training_set_still_gets_an_answer(model, sample_state):
+    """Any text encodes (bytes), so any question gets some answer; it need not mean anything."""
+    answer = model.answer(sample_state, "¿de qué color es el cielo? 🙂")
+    assert isinstance(answer, str) and len(answer.encode()) <= model.cfg.max_answer_tokens
+
+
+def test_mirasol_run_on_the_sample_through_engines(tmp_path):
+    from mirasol_edge.toolkit.build import build
+    from mirasol_edge.toolkit.recipe import load_recipe
+
+    engines = tmp_path / "engines"
+    build(load_recipe("cpu"), engines, checkpoint=CHECKPOINT)
+    result = CliRunner().invoke(mirasol_run, [str(ROOT / "samples" / SAMPLE["clip"]), "--engines", str(engines),
+                                              "--questions", str(ROOT / "samples" / "sample.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    answers = [e for e in events if e["event"] == "answer"]
+    assert len(answers) == len(SAMPLE["qa"]) and all(a["correct"] for a in answers), answers
+    assert events[-1]["correct"] == f"{len(SAMPLE['qa'])}/{len(SAMPLE['qa'])}"
+    with MirasolStream.open(engines, backend="torch") as reference:  # the same answers from PyTorch
+        for chunk in chunks(ROOT / "samples" / SAMPLE["clip"], ChunkSpec.from_config(reference.engines.dir.config)):
+            reference.push(chunk)
+        assert [reference.ask(a["question"]).text for a in answers] == [a["answer"] for a in answers]
+
+
+def test_a_clip_shorter_than_a_chunk(tmp_path, model):
+    from mirasol_edge.demo.synthetic import sample_facts, write_clip
+    import av
+
+    whole = write_clip(sample_facts(5), tmp_path / "whole.mp4")
+    short = tmp_path / "short.mkv"
+    with av.open(str(whole)) as src, av.open(str(short), "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.pts is not None and packet.pts * packet.time_base >= 0.5:
+                break
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    spec = ChunkSpec.from_config(model.cfg)
+    with pytest.raises(ShortSource, match=r"short\.mkv: shorter than one chunk \(1 s\)"):
+        list(chunks(short, spec, last="drop"))
+    padded = list(chunks(short, spec))
+    assert len(padded) == 1 and padded[0].flags & 1
