@@ -63,7 +63,7 @@ def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str
 @click.option("--json", "as_json", is_flag=True, help="print a JSON report")
 def main(engine_dirs, clips, seed, backend, as_json):
     """Accuracy per question type of the synthetic audio-video QA task, answered through the runtime."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     reports = []
     try:
         for engine_dir in engine_dirs:

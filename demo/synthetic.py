@@ -4,7 +4,8 @@ Each clip (seeded, deterministic) is ``CHUNKS`` seconds of H.264 or VP9 video wi
 Opus audio, written through PyAV:
 
 - two squares, one after the other: the first (colour c1) for the first half, the second
-  (colour c2) for the second half, each moving across the frame in one direction;
+  (colour c2) for the second half, each crossing the frame once a second in one direction
+  (a conveyor: it comes in again from the same side);
 - one white flash of the background, 0.5 s long, in one chunk;
 - one to three beeps, all high (1600 Hz) or all low (400 Hz), each in its own chunk.
 
@@ -101,7 +102,10 @@ def render_frame(facts: ClipFacts, t: float) -> np.ndarray:
     flash = facts.flash_chunk + 0.25 <= t < facts.flash_chunk + 0.75
     img = np.full((SIZE, SIZE, 3), FLASH if flash else BACKGROUND, np.uint8)
     which = 0 if t < half else 1
-    progress = (t - which * half) / half
+    # A conveyor: the square crosses the frame once a second and comes in again from the
+    # same side, so every chunk shows the motion (a slow crossing moved ~2 px between the
+    # tiny preset's frames, too little for it to learn "which way").
+    progress = t % 1.0
     x, y = _square_position(facts.directions[which], progress)
     img[y : y + SQUARE, x : x + SQUARE] = COLOURS[facts.colours[which]]
     return img

@@ -138,25 +138,55 @@ def _io(onnx_path: Path) -> dict:
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
-def _streamed_inputs(model: Mirasol, spec: ComponentSpec, chunks: int = 3) -> dict[str, np.ndarray]:
-    """Inputs taken mid-stream (after real pushes), so parity covers a non-empty state."""
+def real_media(cfg: MirasolConfig, seed: int = 7) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Chunks of a real encoded clip (the synthetic task's generator, PyAV encoders and decoder)."""
+    from mirasol_edge.demo.dataset import decode_clip
+    from mirasol_edge.runtime.decode.chunks import ChunkSpec
+
+    clip = decode_clip(seed, ChunkSpec.from_config(cfg))
+    return list(zip(clip.frames, clip.mel))
+
+
+def _streamed_inputs(model: Mirasol, spec: ComponentSpec, media: list[tuple[np.ndarray, np.ndarray]]
+                     ) -> dict[str, np.ndarray]:
+    """The component's inputs at the last chunk of ``media`` after streaming the ones before it:
+    real frames, real mel, and the state (and text caches) they produce."""
+    from .export import TextPrefillGraph, _kv_names
+
     cfg = model.cfg
-    g = torch.Generator().manual_seed(1)
-    state = model.init_state(spec.inputs[next(iter(spec.inputs))].shape[0])
-    b = state["pos"].shape[0]
+    b = spec.inputs[next(iter(spec.inputs))].shape[0]
+    state = model.init_state(b)
+
+    def batch(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array))[None].expand(b, *array.shape).contiguous()
+
     with torch.no_grad():
-        for _ in range(chunks):
-            video = torch.rand(b, cfg.frames_per_chunk, cfg.image_size, cfg.image_size, 3, generator=g)
-            mel = torch.randn(b, cfg.mel_frames_per_chunk, cfg.n_mels, generator=g) * 20 - 40
-            _, state = model.encode_chunk(video, mel, state)
-    mapping = {"past.pos": "pos", "pos": "pos", "past.memory": "memory", "past.context": "context",
-               "context": "context"}
-    out = {}
-    for name, example in spec.inputs.items():
-        key = mapping.get(name) or (name.replace("past.", "kv.", 1) if spec.name == "ar_step" else None)
-        value = state[key][: example.shape[0]] if key in state else example
-        out[name] = value.numpy()
-    return out
+        for frames, mel in media[:-1]:
+            _, state = model.encode_chunk(batch(frames), batch(mel), state)
+        frames, mel = media[-1]
+        video, mel = model._video_float(batch(frames)), batch(mel)
+        latents, _ = model.chunk_encoder(video, mel if cfg.use_audio else None, state.get("memory"))
+        values = {"video": video, "mel": mel, "latents": latents, "past.pos": state["pos"], "pos": state["pos"][:1],
+                  "past.memory": state.get("memory"), "past.context": state["context"],
+                  "context": state["context"][:1]}
+        if spec.name == "ar_step":
+            values.update({f"past.{i}.{p}": state[f"kv.{i}.{p}"] for i in range(cfg.ar_depth) for p in ("key", "value")})
+        if spec.name == "text_decode":  # the caches a real question leaves after prefill
+            prefill_inputs = {"tokens": torch.from_numpy(np.array([[*_question_ids(model)]])),
+                              "context": state["context"][:1], "pos": state["pos"][:1]}
+            outs = TextPrefillGraph(model)(*prefill_inputs.values())
+            depth = cfg.text_depth
+            values.update(zip(_kv_names("past", depth), outs[1 : 1 + 2 * depth]))
+            values.update(zip(_kv_names("cross", depth), outs[1 + 2 * depth : 1 + 4 * depth]))
+            values["cross_bias"] = outs[-1]
+    return {name: (values[name] if values.get(name) is not None else example).numpy()
+            for name, example in spec.inputs.items()}
+
+
+def _question_ids(model: Mirasol) -> list[int]:
+    from .tokenizer import prompt_ids
+
+    return prompt_ids(model.tokenizer, "what colour is the square?", model.cfg.max_question_tokens)
 
 
 def build_key(source: ModelSource, recipe: Recipe, component: str) -> str:
@@ -203,9 +233,14 @@ def build(
         if (out / "timing.cache").exists():
             shutil.copy2(out / "timing.cache", staging / "timing.cache")
         components = {}
+        media = None
         for spec in component_specs(model, recipe.build.batch):
+            if media is None and not _reusable(previous.get(spec.name), build_key(source, recipe, spec.name), out,
+                                               engines):
+                progress("decoding a real clip for the parity checks")
+                media = real_media(cfg)
             components[spec.name] = _build_component(
-                spec, source, recipe, staging, out, previous.get(spec.name), engines, progress
+                spec, source, recipe, staging, out, previous.get(spec.name), engines, progress, media
             )
         manifest = {
             "format": FORMAT,
@@ -271,7 +306,7 @@ def _reusable(previous: dict | None, key: str, out: Path, engines: bool) -> bool
 
 
 def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, staging: Path, out: Path,
-                     previous: dict | None, engines: bool, progress: Progress) -> dict:
+                     previous: dict | None, engines: bool, progress: Progress, media: list) -> dict:
     name = spec.name
     key = build_key(source, recipe, name)
     if _reusable(previous, key, out, engines):
@@ -290,7 +325,7 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
     export_seconds = time.perf_counter() - start
 
     progress(f"{name}: checking ONNX against PyTorch")
-    parity = check_parity(spec, onnx_path, [_streamed_inputs(source.model, spec)])
+    parity = check_parity(spec, onnx_path, [_streamed_inputs(source.model, spec, media)])
     acc = recipe.accuracy
     if parity.max_rel_error > acc.max_rel_error or parity.min_cosine < acc.min_cosine:
         raise ParityError(
@@ -300,6 +335,8 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
         )
     entry = {"onnx": onnx_path.name, "onnx_sha256": sha256_file(onnx_path), "precision": precision,
              **_io(onnx_path), "profiles": {}, "parity": parity.to_dict(),
+             "parity_inputs": f"random; and a real encoded clip (synthetic task seed 7) decoded and streamed "
+                              f"{len(media) - 1} chunks deep",
              "export_seconds": round(export_seconds, 3), "build_key": key, "engine": None, "engine_sha256": None}
     profiles = _profiles(spec, recipe)
     entry["profiles"] = {n: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for n, p in profiles.items()}

@@ -23,6 +23,9 @@ class TextDecoder(nn.Module):
         width = cfg.text_width
         self.window = cfg.window_chunks
         self.embed = nn.Embedding(cfg.vocab_size, width)
+        # Tied with the output projection: N(0, 1) rows would start with logits ~100 and a
+        # saturated softmax that learns the answer prior and ignores the context.
+        nn.init.normal_(self.embed.weight, std=0.02)
         self.position = nn.Parameter(torch.randn(cfg.max_text_tokens, width) * 0.02)
         self.context_proj = nn.Linear(cfg.ar_width, width)
         self.age = nn.Parameter(torch.randn(cfg.window_chunks, width) * 0.02)

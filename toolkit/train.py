@@ -28,8 +28,10 @@ from .config import MirasolConfig
 from .model import Mirasol
 from .tokenizer import prompt_ids
 
-def text_batch(model: Mirasol, clips: list[DecodedClip]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every question of every clip: tokens [B*Q, L] and a mask of the positions to predict."""
+def text_batch(model: Mirasol, clips: list[DecodedClip], type_weights: dict[str, float] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every question of every clip: tokens [B*Q, L] and the loss weight of each position to predict
+    (0 for the prompt and padding; ``type_weights`` weighs question types, default 1)."""
     tok, cfg = model.tokenizer, model.cfg
     rows, targets = [], []
     for clip in clips:
@@ -37,30 +39,36 @@ def text_batch(model: Mirasol, clips: list[DecodedClip]) -> tuple[torch.Tensor, 
             prompt = prompt_ids(tok, qa["question"], cfg.max_question_tokens)
             answer = tok.encode(qa["answer"]) + [tok.eos_id]
             rows.append(prompt + answer)
-            targets.append([False] * (len(prompt) - 1) + [True] * len(answer))
+            weight = (type_weights or {}).get(qa["type"], 1.0)
+            targets.append([0.0] * (len(prompt) - 1) + [weight] * len(answer))
     length = max(map(len, rows))
     tokens = torch.full((len(rows), length), tok.pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), length - 1, dtype=torch.bool)
+    weights = torch.zeros(len(rows), length - 1)
     for i, (row, target) in enumerate(zip(rows, targets)):
         tokens[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(target)] = torch.tensor(target)
-    return tokens, mask
+        weights[i, : len(target)] = torch.tensor(target)
+    return tokens, weights
 
 
-def losses(model: Mirasol, clips: list[DecodedClip]) -> tuple[torch.Tensor, torch.Tensor]:
+def losses(model: Mirasol, clips: list[DecodedClip], type_weights: dict[str, float] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     video = torch.from_numpy(np.stack([c.frames for c in clips]))
     mel = torch.from_numpy(np.stack([c.mel for c in clips]))
     b, c = video.shape[:2]
     latents = model.combine_offline(video.flatten(1, 2), mel.flatten(1, 2))  # [B, C, m, Dc]
     outputs = model.ar(latents)  # [B, C, m, D]
-    latent_loss = F.mse_loss(model.ar.head(outputs[:, :-1]), latents[:, 1:].detach())
+    # The latent loss trains the AR model (and its head) to predict the next chunk; through
+    # the encoders it would reward latents that are easy to predict, i.e. all alike.
+    predicted = model.ar.head(model.ar(latents.detach())[:, :-1])
+    latent_loss = F.mse_loss(predicted, latents[:, 1:].detach())
 
     context, age, valid = model.context_of(outputs.flatten(1, 2))
     per_clip = len(QUESTIONS)
     memory, cross_bias = model.text.memory(*(t.repeat_interleave(per_clip, 0) for t in (context, age, valid)))
-    tokens, mask = text_batch(model, clips)
+    tokens, weights = text_batch(model, clips, type_weights)
     logits, _ = model.text(tokens[:, :-1], model.text.cross_kv(memory), cross_bias)
-    text_loss = F.cross_entropy(logits[mask], tokens[:, 1:][mask])
+    per_token = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    text_loss = (per_token * weights.flatten()).sum() / weights.sum()
     return text_loss, latent_loss
 
 
@@ -83,7 +91,8 @@ def streaming_accuracy(model: Mirasol, clips: list[DecodedClip]) -> dict:
 
 
 def train(preset: str, clips: int, heldout: int, minutes: float, seed: int, batch: int, lr: float,
-          cache: Path | None, log_every: int = 25, eval_every_minutes: float = 5.0) -> tuple[Mirasol, dict]:
+          cache: Path | None, type_weights: dict[str, float] | None = None, log_every: int = 25,
+          eval_every_minutes: float = 5.0) -> tuple[Mirasol, dict]:
     torch.manual_seed(seed)
     cfg = MirasolConfig.preset(preset)
     spec = ChunkSpec.from_config(cfg)
@@ -96,7 +105,12 @@ def train(preset: str, clips: int, heldout: int, minutes: float, seed: int, batc
     print(f"data: {clips} training + {heldout} held-out clips in {data_seconds:.0f}s", flush=True)
 
     model = Mirasol(cfg).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    # Measured: at 1e-3 the encoders' features churn faster than the text decoder can learn
+    # to read them, and answers stay at the prior; the encoders and AR model learn at lr/3.
+    text = list(model.text.parameters())
+    others = [p for p in model.parameters() if all(p is not t for t in text)]
+    optimizer = torch.optim.AdamW([{"params": text, "scale": 1.0}, {"params": others, "scale": 1 / 3}],
+                                  lr=lr, weight_decay=0.01)
     rng = np.random.default_rng(seed)
     budget = minutes * 60
     curve, step, next_eval = [], 0, eval_every_minutes * 60
@@ -104,9 +118,9 @@ def train(preset: str, clips: int, heldout: int, minutes: float, seed: int, batc
     while (elapsed := time.perf_counter() - train_start) < budget:
         fraction = elapsed / budget  # warm up, then cosine decay over the time budget
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * fraction))
+            group["lr"] = group["scale"] * lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * fraction))
         picked = [train_set[i] for i in rng.choice(len(train_set), size=batch, replace=False)]
-        text_loss, latent_loss = losses(model, picked)
+        text_loss, latent_loss = losses(model, picked, type_weights)
         loss = text_loss + 0.1 * latent_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,6 +139,7 @@ def train(preset: str, clips: int, heldout: int, minutes: float, seed: int, batc
     final = streaming_accuracy(model, test_set)
     report = {"preset": preset, "seed": seed, "train_clips": clips, "heldout_clips": heldout,
               "heldout_seeds": [HELDOUT_SEED, HELDOUT_SEED + heldout], "batch": batch, "lr": lr, "steps": step,
+              "type_weights": type_weights or {},
               "data_seconds": round(data_seconds, 1), "train_minutes": round((time.perf_counter() - train_start) / 60, 2),
               "heldout": final, "curve": curve}
     print(json.dumps({"final": final}), flush=True)
@@ -139,23 +154,34 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight", action="append", default=[], metavar="TYPE=W",
+                        help="weigh a question type's answer loss, e.g. --weight direction=4")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/mirasol-synthetic/clips.npz"))
     parser.add_argument("--out", type=Path, default=Path("models/tiny-synthetic.safetensors"))
     parser.add_argument("--report", type=Path, default=Path("bench/results/train-tiny.json"))
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    weights = {k: float(v) for k, v in (w.split("=", 1) for w in args.weight)}
+    unknown = set(weights) - set(QUESTIONS)
+    if unknown:
+        parser.error(f"--weight: unknown question type(s) {sorted(unknown)}; types are {list(QUESTIONS)}")
     model, report = train(args.preset, args.clips, args.heldout, args.minutes, args.seed, args.batch, args.lr,
-                          args.cache)
+                          args.cache, weights)
     from mirasol_edge.runtime import machine
 
     report["command"] = "python -m mirasol_edge.toolkit.train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "cache")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("cache", "weight")) + "".join(
+        f" --weight {w}" for w in args.weight)
     report["machine"] = machine.describe()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model.save(args.out)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=1) + "\n")
+    card = {k: report[k] for k in ("command", "preset", "seed", "steps", "train_minutes", "data_seconds",
+                                   "heldout_clips", "heldout_seeds", "heldout")}
+    args.out.with_suffix(".json").write_text(json.dumps({"checkpoint": args.out.name, **card,
+                                                         "machine": report["machine"]["cpu"]}, indent=1) + "\n")
     print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB) and {args.report}")
 
 

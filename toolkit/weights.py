@@ -53,6 +53,7 @@ def save_model(model: torch.nn.Module, path: str | Path) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp made it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
