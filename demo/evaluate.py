@@ -25,6 +25,10 @@ from .synthetic import HELDOUT_SEED, QUESTIONS, make_clip
 
 def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str = "auto",
              device: str = "auto", progress=lambda i: None) -> dict:
+    """``engine_dir`` may name its backend: ``engines/cpu@torch`` (as mirasol-bench takes it)."""
+    from mirasol_edge.runtime.bench import split_backend
+
+    engine_dir, backend = split_backend(str(engine_dir), backend)
     engines = MirasolEngines(engine_dir, backend, device)
     spec = ChunkSpec.from_config(engines.dir.config)
     right = {kind: 0 for kind in QUESTIONS}
@@ -46,7 +50,7 @@ def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str
                 progress(i + 1)
     finally:
         engines.close()
-    return {"engines": str(engine_dir), "backend": engines.backend.describe(), "clips": clips, "seed": seed,
+    return {"engines": f"{engine_dir}@{engines.backend.name}", "backend": engines.backend.describe(), "clips": clips, "seed": seed,
             "decoders": sorted(decoders),
             "exact_match": sum(right.values()) / (clips * len(QUESTIONS)),
             "per_type": {k: v / clips for k, v in right.items()},
@@ -54,8 +58,8 @@ def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--engines", "-e", "engine_dirs", multiple=True, required=True, type=click.Path(file_okay=False),
-              help="engine directory; repeat to compare several")
+@click.option("--engines", "-e", "engine_dirs", multiple=True, required=True, metavar="DIR[@BACKEND]",
+              help="engine directory, optionally @torch / @onnxruntime ...; repeat to compare several")
 @click.option("--clips", type=click.IntRange(min=1), default=50, show_default=True, help="held-out clips")
 @click.option("--seed", type=int, default=HELDOUT_SEED, show_default=True, help="seed of the first clip")
 @click.option("--backend", "-b", default="auto", show_default=True,

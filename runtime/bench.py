@@ -303,11 +303,13 @@ def plot(report: dict, path: Path) -> None:
 
     runs = report["runs"]
     fig, (cdf, by_chunk, stacked) = plt.subplots(1, 3, figsize=(17, 4.8))
-    for run in runs:
+    for i, run in enumerate(runs):
+        colour = f"C{i}"
         lat = np.sort(run["push_ms_by_chunk"])
-        cdf.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=f"{run['label']} push")
-        by_chunk.plot(run["push_ms_by_chunk"], ",", alpha=0.6)
-        by_chunk.plot(np.convolve(run["push_ms_by_chunk"], np.ones(10) / 10, mode="valid"), label=run["label"])
+        cdf.plot(lat, np.arange(1, len(lat) + 1) / len(lat), color=colour, label=f"{run['label']} push")
+        by_chunk.plot(run["push_ms_by_chunk"], ",", color=colour, alpha=0.6)
+        by_chunk.plot(np.convolve(run["push_ms_by_chunk"], np.ones(10) / 10, mode="valid"), color=colour,
+                      label=f"{run['label']} (10-chunk mean)")
     cdf.set(xscale="log", xlabel="ms", ylabel="fraction of pushes", title="push latency CDF")
     by_chunk.set(xlabel="chunk index (after warm-up)", ylabel="push ms", title="push latency vs chunk index")
     bottoms = np.zeros(len(runs))

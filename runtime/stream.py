@@ -29,6 +29,7 @@ from .engine_dir import EngineDir
 
 log = logging.getLogger(__name__)
 SNAPSHOT_FORMAT = "mirasol-state/1"
+_WARNED: set[str] = set()  # questions already warned about being cut
 
 
 class ChunkShapeError(ValueError):
@@ -191,8 +192,10 @@ class MirasolStream:
         ids = tok.encode(question)
         max_q = engines.dir.max_question_tokens
         truncated = len(ids) > max_q
-        if truncated:
-            log.warning("question of %d tokens cut to the engines' maximum of %d", len(ids), max_q)
+        if truncated and question not in _WARNED:  # once per question: cameras repeat theirs
+            if len(_WARNED) < 64:  # bounded, like everything the runtime keeps
+                _WARNED.add(question)
+            log.warning("question of %d tokens cut to the engines' maximum of %d: %r", len(ids), max_q, question)
         prompt = np.array([[tok.bos_id, *ids[:max_q], tok.sep_id]], dtype=np.int64)
 
         with self._ask_lock:
