@@ -29,6 +29,7 @@ from .mel import log_mel
 
 log = logging.getLogger(__name__)
 MAX_DIMENSION = 16384
+LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")  # not files on disk
 GAP_PERIODS = 2.5  # variable frame rate sources stretch a period to 2x; a real loss is longer
 
 
@@ -115,7 +116,7 @@ def open_media(source: Any, timeout: float | None = 10.0) -> av.container.InputC
         if not source:
             raise EmptySource(f"{name}: empty input")
         source = io.BytesIO(source)
-    elif isinstance(source, (str, Path)) and not str(source).startswith(("rtsp://", "http://", "https://", "/dev/")):
+    elif isinstance(source, (str, Path)) and not str(source).startswith(LIVE_PREFIXES):
         path = Path(source)
         if not path.is_file():
             raise DecodeError(f"{path}: no such file")
@@ -194,7 +195,6 @@ def _frame_time(frame: av.frame.Frame, fallback: float) -> float:
 
 
 DECODERS = ("auto", "pyav", "dali-cpu", "dali-gpu")
-LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")
 
 
 def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
