@@ -23,6 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from mirasol_edge.demo.synthetic import encode_mono_audio
 from mirasol_edge.runtime import machine
 
 CODECS = {  # codec -> (container, audio codec, audio rate, encoder options)
@@ -60,16 +61,7 @@ def encode(path: Path, codec: str, seconds: float, size: tuple[int, int], fps: i
             out.mux(p)
         t = np.arange(int(seconds * rate)) / rate
         samples = (0.3 * np.sin(2 * np.pi * 440 * t) * (np.floor(t) % 3 == 0)).astype(np.float32)
-        fmt, size_ = a.codec_context.format.name, a.codec_context.frame_size or 1024
-        for start in range(0, len(samples), size_):
-            block = samples[start : start + size_][None]
-            data = (block * 32767).astype(np.int16) if fmt.startswith("s16") else block
-            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
-            frame.sample_rate, frame.pts = rate, start
-            for p in a.encode(frame):
-                out.mux(p)
-        for p in a.encode():
-            out.mux(p)
+        encode_mono_audio(out, a, samples)
     return path
 
 
@@ -96,16 +88,7 @@ def run_one(path: str, decoder: str, preset: str) -> dict:
             "source_fps": round(source_frames / wall, 1), "realtime_factor": round(duration / wall, 2),
             "chunk_ms_first_10pct": round(float(np.median(times[:tenth])), 3),
             "chunk_ms_last_10pct": round(float(np.median(times[-tenth:])), 3),
-            "peak_rss_mib": peak_rss_mib()}
-
-
-def peak_rss_mib() -> float:
-    """This process's own high-water mark (VmHWM; ru_maxrss would include the parent's before exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
+            "peak_rss_mib": machine.peak_rss_mib()}
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import time
 from pathlib import Path
 
@@ -32,15 +31,6 @@ from mirasol_edge.toolkit.build import build
 from mirasol_edge.toolkit.recipe import load_recipe
 
 CHECKPOINTS = (10, 100, 1000, 5000)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def stream_latencies(engines: Path, chunks: int) -> dict:
@@ -59,7 +49,7 @@ def stream_latencies(engines: Path, chunks: int) -> dict:
             stream.push(frames=frames, mel=mel)
             latencies.append((time.perf_counter() - start) * 1e3)
             if i + 1 in (10, chunks):
-                rss[i + 1] = {"rss_mib": round(rss_mib(), 1), "peak_rss_mib": round(peak_rss_mib(), 1)}
+                rss[i + 1] = {"rss_mib": machine.rss_mib(), "peak_rss_mib": machine.peak_rss_mib()}
             if (i + 1) % 500 == 0:
                 print(f"  stream chunk {i + 1}: {np.median(latencies[-500:]):.2f} ms p50 over the last 500", flush=True)
     return {"latency_ms": latencies, "rss": rss}

@@ -11,7 +11,7 @@ import numpy as np
 
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
 
-from .synthetic import ClipFacts, make_clip
+from .synthetic import ClipFacts, make_clip, sample_facts
 
 
 @dataclass
@@ -42,8 +42,6 @@ def decode_clips(seeds: list[int], spec: ChunkSpec, workers: int = 2, decoder: s
 
 def cached_clips(seeds: list[int], spec: ChunkSpec, cache: Path | None, workers: int = 2) -> list[DecodedClip]:
     """Decoded clips, kept in an .npz so a second training run skips the encoding."""
-    from .synthetic import sample_facts
-
     if cache is not None and cache.exists():
         data = np.load(cache)
         if list(data["seeds"]) == list(seeds):

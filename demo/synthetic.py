@@ -143,18 +143,24 @@ def write_clip(facts: ClipFacts, path: str | Path) -> Path:
         if rate != SAMPLE_RATE:  # Opus runs at 48 kHz: render at its rate
             t = np.arange(CHUNKS * rate) / rate
             samples = np.interp(t, np.arange(len(samples)) / SAMPLE_RATE, samples).astype(np.float32)
-        fmt, block = audio.codec_context.format.name, audio.codec_context.frame_size or 1024
-        for start in range(0, len(samples), block):
-            data = samples[start : start + block][None]
-            if fmt.startswith("s16"):
-                data = (data * 32767).astype(np.int16)
-            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
-            frame.sample_rate, frame.pts = rate, start
-            for packet in audio.encode(frame):
-                out.mux(packet)
-        for packet in audio.encode():
-            out.mux(packet)
+        encode_mono_audio(out, audio, samples)
     return path
+
+
+def encode_mono_audio(out: av.container.OutputContainer, stream, samples: np.ndarray) -> None:
+    """Encode and mux mono float samples (at the stream's rate) in the encoder's frame size, then flush."""
+    fmt, block = stream.codec_context.format.name, stream.codec_context.frame_size or 1024
+    rate = stream.codec_context.sample_rate
+    for start in range(0, len(samples), block):
+        data = samples[start : start + block][None]
+        if fmt.startswith("s16"):
+            data = (data * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
 
 
 def make_clip(seed: int, directory: str | Path) -> tuple[Path, ClipFacts]:

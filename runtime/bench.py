@@ -23,7 +23,7 @@ from rich.table import Table
 
 from . import machine
 from .engine_dir import EngineDir
-from .stream import MirasolEngines
+from .stream import MirasolEngines, RawChunk
 
 SCHEMA = "mirasol-bench/1"
 STAGES = ("decode", "encode", "ar_step", "prefill", "decode_token")
@@ -100,7 +100,7 @@ def load_source(source: str | None, engines: EngineDir, need: int) -> Source:
         for _ in range(4):
             frames = rng.integers(0, 256, tuple(encoder["video"].shape[1:]), dtype=np.uint8)
             mel = rng.normal(-40, 20, tuple(encoder["mel"].shape[1:])).astype(np.float32) if "mel" in encoder else None
-            made.append(_Chunk(frames, mel))
+            made.append(RawChunk(frames, mel))
         return Source(made, [], spec.chunk_seconds, "random chunks (no --source: the decode stage is not measured)")
     decoded, times = [], []
     tick = time.perf_counter()
@@ -112,12 +112,6 @@ def load_source(source: str | None, engines: EngineDir, need: int) -> Source:
         raise BenchError(f"{source}: {len(decoded)} chunks ({len(decoded) * spec.chunk_seconds:g} s), fewer than the "
                          f"{need} the warm-up needs; use a longer clip or a smaller --warmup")
     return Source(decoded, times, spec.chunk_seconds, f"{source}: {len(decoded)} chunks, decoder {decoded[0].decoder}")
-
-
-@dataclass
-class _Chunk:
-    frames: np.ndarray
-    mel: np.ndarray | None
 
 
 @dataclass
@@ -280,18 +274,7 @@ def _report(runs: list[Run], dirs: list[EngineDir], src: Source, chunks: int, wa
             "settings": {"chunks": chunks, "warmup": warmup, "block": block, "question": question,
                          "streams": streams, "alternation": "A B A B in blocks of `block` chunks"},
             "source": {"description": src.description, "chunk_seconds": src.chunk_seconds},
-            "peak_rss_mib": _peak_rss_mib(), "runs": out_runs}
-
-
-def _peak_rss_mib() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
+            "peak_rss_mib": machine.peak_rss_mib(), "runs": out_runs}
 
 
 def plot(report: dict, path: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .bench import stats
 from .decode.chunks import LIVE_PREFIXES
 
 EXIT = {"ManifestError": 2, "BackendError": 2, "TensorRTMissing": 2, "CudaError": 2, "ChunkShapeError": 2,
@@ -44,14 +45,6 @@ def _expected_chunks(source: str, chunk_seconds: float) -> int | None:
         return int(np.ceil(container.duration / 1e6 / chunk_seconds)) if container.duration else None
     finally:
         container.close()
-
-
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {}
-    a = np.asarray(values)
-    return {"p50": round(float(np.percentile(a, 50)), 3), "p95": round(float(np.percentile(a, 95)), 3),
-            "max": round(float(a.max()), 3), "mean": round(float(a.mean()), 3)}
 
 
 def _load_questions(path: str) -> dict[str, str]:
@@ -116,13 +109,13 @@ class Reporter:
         if self.as_json:
             click.echo(json.dumps({"event": "summary", **summary}))
             return
-        push, dec = summary["push_ms"], summary["decode_ms"]
+        push, dec = summary["push_ms"] or {}, summary["decode_ms"] or {}
         self.console.print(
             f"[bold]{summary['chunks']} chunks[/] ({summary['media_seconds']:.1f} s of media) in "
             f"{summary['wall_seconds']:.2f} s: {summary['realtime_factor']:.1f}x real time on "
             f"{summary['backend']['backend']} ({summary['backend']['device']})\n"
-            f"push ms  p50 {push.get('p50', 0):.2f}  p95 {push.get('p95', 0):.2f}  max {push.get('max', 0):.2f}   "
-            f"decode ms  p50 {dec.get('p50', 0):.2f}  p95 {dec.get('p95', 0):.2f}"
+            f"push ms  p50 {push.get('p50', 0):.2f}  p99 {push.get('p99', 0):.2f}  max {push.get('max', 0):.2f}   "
+            f"decode ms  p50 {dec.get('p50', 0):.2f}  p99 {dec.get('p99', 0):.2f}"
             + (f"\n[bold]{summary['correct']} answers as expected[/]" if summary["correct"] else "")
             + (f"\ndropped {summary['dropped']} chunks, {summary['reconnects']} reconnects"
                if summary["dropped"] or summary["reconnects"] else ""), highlight=False)
@@ -205,7 +198,7 @@ def main(source, engine_dir, questions, questions_file, ask_every, backend, devi
         reporter.summary({"source": source, "engines": engine_dir, "chunks": len(push_ms),
                           "media_seconds": round(media, 3), "wall_seconds": round(wall, 3),
                           "realtime_factor": round(media / wall, 2) if wall else None,
-                          "push_ms": percentiles(push_ms), "decode_ms": percentiles(decode_ms),
+                          "push_ms": stats(push_ms), "decode_ms": stats(decode_ms),
                           "backend": stream.engines.backend.describe(), "snapshot": snapshot,
                           "correct": f"{correct}/{len(expected)}" if expected else None,
                           "dropped": live.stats.dropped if live else 0,

@@ -51,3 +51,24 @@ def describe() -> dict:
     except ImportError:
         pass
     return info
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def rss_mib() -> float | None:
+    """This process's resident memory now (Linux; None elsewhere)."""
+    return _status_mib("VmRSS")
+
+
+def peak_rss_mib() -> float | None:
+    """This process's own high-water mark (VmHWM: ru_maxrss would carry a parent's across exec)."""
+    return _status_mib("VmHWM")

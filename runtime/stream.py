@@ -83,6 +83,17 @@ def _state_output(name: str) -> str:
     return "present." + name.removeprefix("kv.")
 
 
+@dataclass
+class RawChunk:
+    """A chunk from anywhere but the decoder: frames [F,H,W,3] and mel [T,n_mels]."""
+
+    frames: np.ndarray | None
+    mel: np.ndarray | None
+    t0: float | None = None
+    t1: float | None = None
+    flags: int = 0
+
+
 class MirasolEngines:
     """Engines opened once and shared by any number of streams (cameras)."""
 
@@ -169,7 +180,7 @@ class MirasolStream:
     def push(self, chunk=None, *, frames: np.ndarray | None = None, mel: np.ndarray | None = None) -> ChunkResult:
         """Push a decoded ``Chunk`` (or ``frames=[F,H,W,3]``, ``mel=[T,n_mels]``) and advance the state."""
         if chunk is None:
-            chunk = _RawChunk(frames, mel)
+            chunk = RawChunk(frames, mel)
         return _push_group(self.engines, [self], [chunk])[0]
 
     # ---- asking --------------------------------------------------------------------
@@ -321,15 +332,6 @@ def read_snapshot_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
-@dataclass
-class _RawChunk:
-    frames: np.ndarray | None
-    mel: np.ndarray | None
-    t0: float | None = None
-    t1: float | None = None
-    flags: int = 0
-
-
 def _prepare(engines: MirasolEngines, chunk) -> tuple[np.ndarray, np.ndarray | None]:
     frames = getattr(chunk, "frames", None)
     if frames is None:
@@ -370,6 +372,8 @@ def _push_group(engines: MirasolEngines, streams: list[MirasolStream], chunks: l
         ar = lead._ar or engines.shared_runner("ar_step")
 
         def batched(arrays: list[np.ndarray]) -> np.ndarray:
+            if batch == 1:
+                return arrays[0][None]  # a view: no copy of the chunk on the common path
             pad = [np.zeros_like(arrays[0])] * (batch - len(arrays))
             return np.stack(arrays + pad)
 

@@ -138,48 +138,46 @@ def _io(onnx_path: Path) -> dict:
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
-def real_media(cfg: MirasolConfig, seed: int = 7) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Chunks of a real encoded clip (the synthetic task's generator, PyAV encoders and decoder)."""
+def real_stream_values(model: Mirasol, batch: int, seed: int = 7) -> dict[str, torch.Tensor]:
+    """Every component's inputs at the last chunk of a real encoded clip (the synthetic task's
+    generator, PyAV encoders and decoder), after streaming the chunks before it: real frames,
+    real mel, the state they produce, and the text caches a real question leaves. Computed
+    once per build, before any component's precision changes."""
     from mirasol_edge.demo.dataset import decode_clip
     from mirasol_edge.runtime.decode.chunks import ChunkSpec
 
-    clip = decode_clip(seed, ChunkSpec.from_config(cfg))
-    return list(zip(clip.frames, clip.mel))
-
-
-def _streamed_inputs(model: Mirasol, spec: ComponentSpec, media: list[tuple[np.ndarray, np.ndarray]]
-                     ) -> dict[str, np.ndarray]:
-    """The component's inputs at the last chunk of ``media`` after streaming the ones before it:
-    real frames, real mel, and the state (and text caches) they produce."""
     from .export import TextPrefillGraph, _kv_names
 
     cfg = model.cfg
-    b = spec.inputs[next(iter(spec.inputs))].shape[0]
-    state = model.init_state(b)
+    clip = decode_clip(seed, ChunkSpec.from_config(cfg))
+    state = model.init_state(batch)
 
-    def batch(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array))[None].expand(b, *array.shape).contiguous()
+    def batched(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array))[None].expand(batch, *array.shape).contiguous()
 
     with torch.no_grad():
-        for frames, mel in media[:-1]:
-            _, state = model.encode_chunk(batch(frames), batch(mel), state)
-        frames, mel = media[-1]
-        video, mel = model._video_float(batch(frames)), batch(mel)
+        for frames, mel in zip(clip.frames[:-1], clip.mel[:-1]):
+            _, state = model.encode_chunk(batched(frames), batched(mel), state)
+        video, mel = model._video_float(batched(clip.frames[-1])), batched(clip.mel[-1])
         latents, _ = model.chunk_encoder(video, mel if cfg.use_audio else None, state.get("memory"))
         values = {"video": video, "mel": mel, "latents": latents, "past.pos": state["pos"], "pos": state["pos"][:1],
                   "past.memory": state.get("memory"), "past.context": state["context"],
-                  "context": state["context"][:1]}
-        if spec.name == "ar_step":
-            values.update({f"past.{i}.{p}": state[f"kv.{i}.{p}"] for i in range(cfg.ar_depth) for p in ("key", "value")})
-        if spec.name == "text_decode":  # the caches a real question leaves after prefill
-            prefill_inputs = {"tokens": torch.from_numpy(np.array([[*_question_ids(model)]])),
-                              "context": state["context"][:1], "pos": state["pos"][:1]}
-            outs = TextPrefillGraph(model)(*prefill_inputs.values())
-            depth = cfg.text_depth
-            values.update(zip(_kv_names("past", depth), outs[1 : 1 + 2 * depth]))
-            values.update(zip(_kv_names("cross", depth), outs[1 + 2 * depth : 1 + 4 * depth]))
-            values["cross_bias"] = outs[-1]
-    return {name: (values[name] if values.get(name) is not None else example).numpy()
+                  "context": state["context"][:1], "chunks": len(clip.frames) - 1}
+        values.update({f"past.{i}.{p}": state[f"kv.{i}.{p}"] for i in range(cfg.ar_depth) for p in ("key", "value")})
+        tokens = torch.tensor([_question_ids(model)])
+        outs = TextPrefillGraph(model)(tokens, state["context"][:1], state["pos"][:1])
+        depth = cfg.text_depth
+        values["text_decode"] = {**dict(zip(_kv_names("past", depth), outs[1 : 1 + 2 * depth])),
+                                 **dict(zip(_kv_names("cross", depth), outs[1 + 2 * depth : 1 + 4 * depth])),
+                                 "cross_bias": outs[-1]}
+    return values
+
+
+def _streamed_inputs(spec: ComponentSpec, values: dict) -> dict[str, np.ndarray]:
+    """The spec's inputs taken from ``real_stream_values`` (the example where there is none)."""
+    # The AR step's past.{i}.key is the AR cache; text_decode's is the question's own cache.
+    own = values["text_decode"] if spec.name == "text_decode" else values
+    return {name: (own[name] if own.get(name) is not None else example).numpy()
             for name, example in spec.inputs.items()}
 
 
@@ -233,14 +231,14 @@ def build(
         if (out / "timing.cache").exists():
             shutil.copy2(out / "timing.cache", staging / "timing.cache")
         components = {}
-        media = None
+        real = None
         for spec in component_specs(model, recipe.build.batch):
-            if media is None and not _reusable(previous.get(spec.name), build_key(source, recipe, spec.name), out,
-                                               engines):
-                progress("decoding a real clip for the parity checks")
-                media = real_media(cfg)
+            if real is None and not _reusable(previous.get(spec.name), build_key(source, recipe, spec.name), out,
+                                              engines):
+                progress("streaming a real clip for the parity checks")
+                real = real_stream_values(model, recipe.build.batch)
             components[spec.name] = _build_component(
-                spec, source, recipe, staging, out, previous.get(spec.name), engines, progress, media
+                spec, source, recipe, staging, out, previous.get(spec.name), engines, progress, real
             )
         manifest = {
             "format": FORMAT,
@@ -306,7 +304,7 @@ def _reusable(previous: dict | None, key: str, out: Path, engines: bool) -> bool
 
 
 def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, staging: Path, out: Path,
-                     previous: dict | None, engines: bool, progress: Progress, media: list) -> dict:
+                     previous: dict | None, engines: bool, progress: Progress, real: dict) -> dict:
     name = spec.name
     key = build_key(source, recipe, name)
     if _reusable(previous, key, out, engines):
@@ -325,7 +323,7 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
     export_seconds = time.perf_counter() - start
 
     progress(f"{name}: checking ONNX against PyTorch")
-    parity = check_parity(spec, onnx_path, [_streamed_inputs(source.model, spec, media)])
+    parity = check_parity(spec, onnx_path, [_streamed_inputs(spec, real)])
     acc = recipe.accuracy
     if parity.max_rel_error > acc.max_rel_error or parity.min_cosine < acc.min_cosine:
         raise ParityError(
@@ -336,7 +334,7 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
     entry = {"onnx": onnx_path.name, "onnx_sha256": sha256_file(onnx_path), "precision": precision,
              **_io(onnx_path), "profiles": {}, "parity": parity.to_dict(),
              "parity_inputs": f"random; and a real encoded clip (synthetic task seed 7) decoded and streamed "
-                              f"{len(media) - 1} chunks deep",
+                              f"{real['chunks']} chunks deep",
              "export_seconds": round(export_seconds, 3), "build_key": key, "engine": None, "engine_sha256": None}
     profiles = _profiles(spec, recipe)
     entry["profiles"] = {n: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for n, p in profiles.items()}

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from .model import Mirasol
 from .tokenizer import prompt_ids
 
-COMPONENTS = ("chunk_encoder", "ar_step", "text_prefill", "text_decode")
 EXTERNAL_DATA_BYTES = 1 << 30  # protobuf caps a file at 2 GB; go external well before that
 
 

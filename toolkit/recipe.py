@@ -12,7 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-COMPONENTS = ("chunk_encoder", "ar_step", "text_prefill", "text_decode")
+from mirasol_edge.runtime.engine_dir import COMPONENTS  # one list for the build and the runtime
+
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4")
 QUANTIZED = ("int8", "fp8", "int4")  # need calibration (explicit Q/DQ), see mirasol_edge.calib

@@ -285,38 +285,40 @@ def probe_constant_rate(source: Any, packets: int = 64) -> Fraction | None:
     return Fraction(measured).limit_denominator(1001)
 
 
-def choose_decoder(requested: str, source: Any, vstream, name: str) -> tuple[str, float | None]:
+def choose_decoder(requested: str, source: Any, vstream, name: str) -> tuple[str, Fraction | None]:
     """Which decoder runs this source (and, for DALI, the measured frame rate); a forced choice
-    that cannot work says why."""
-    from . import dali
-
-    codec = vstream.codec_context.name
-    live = isinstance(source, str) and source.startswith(LIVE_PREFIXES)
+    that cannot work says why. ``auto`` only ever picks NVDEC: DALI's CPU decoder measured
+    slower than PyAV (bench/decode.py)."""
     if requested == "pyav":
         return "pyav", None
-    problems = []
-    if not dali.available():
-        problems.append("DALI is not installed" + (" (and does not decode video on Jetson)" if dali.is_jetson() else ""))
-    if live or isinstance(source, (bytes, bytearray, io.IOBase)):
-        problems.append("DALI decodes whole files, not live streams or byte buffers")
-    rate = None if problems else probe_constant_rate(source)
-    if not problems and rate is None:
-        problems.append("the video has a variable frame rate, which DALI refuses")
-    gpu_ok = not problems and codec in dali.NVDEC_CODECS and dali.gpu_available()
-    cpu_ok = not problems and codec in dali.CPU_CODECS
+    want = "dali-gpu" if requested == "auto" else requested
+    codec = vstream.codec_context.name
+    problem = _dali_problem(source, codec, want)
+    rate = None
+    if problem is None:  # the cheap checks passed; the rate probe reads the file
+        rate = probe_constant_rate(source)
+        problem = None if rate is not None else "the video has a variable frame rate, which DALI refuses"
+    if problem is None:
+        return want, rate
     if requested == "auto":
-        path = "dali-gpu" if gpu_ok else "pyav"  # DALI's CPU decoder measured slower than PyAV
-        return path, rate if path != "pyav" else None
-    if requested == "dali-gpu" and not gpu_ok:
-        if not problems:
-            problems.append(f"NVDEC here takes {', '.join(sorted(dali.NVDEC_CODECS))}, not {codec}"
-                            if codec not in dali.NVDEC_CODECS else "no CUDA GPU is visible to DALI")
-        raise UnsupportedCodec(f"{name}: cannot decode {codec} with DALI's GPU decoder: {'; '.join(problems)}")
-    if requested == "dali-cpu" and not cpu_ok:
-        if not problems:
-            problems.append(f"its CPU decoder takes {', '.join(sorted(dali.CPU_CODECS))}, not {codec}")
-        raise UnsupportedCodec(f"{name}: cannot decode {codec} with DALI's CPU decoder: {'; '.join(problems)}")
-    return requested, rate
+        return "pyav", None
+    device = "GPU" if want == "dali-gpu" else "CPU"
+    raise UnsupportedCodec(f"{name}: cannot decode {codec} with DALI's {device} decoder: {problem}")
+
+
+def _dali_problem(source: Any, codec: str, want: str) -> str | None:
+    from . import dali
+
+    if not dali.available():
+        return "DALI is not installed" + (" (and does not decode video on Jetson)" if dali.is_jetson() else "")
+    if isinstance(source, (bytes, bytearray, io.IOBase)) or str(source).startswith(LIVE_PREFIXES):
+        return "DALI decodes whole files, not live streams or byte buffers"
+    device, codecs = ("GPU", dali.NVDEC_CODECS) if want == "dali-gpu" else ("CPU", dali.CPU_CODECS)
+    if codec not in codecs:
+        return f"its {device} decoder takes {', '.join(sorted(codecs))}, not {codec}"
+    if want == "dali-gpu" and not dali.gpu_available():
+        return "no CUDA GPU is visible to DALI"
+    return None
 
 
 def _pyav_events(container, vstream, astream, name: str, state: dict) -> Iterator[tuple]:

@@ -46,8 +46,11 @@ class LiveStats:
     delivered: int = 0
     dropped: int = 0
     reconnects: int = 0
-    last_error: str | None = None
-    errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10))
+    errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=10))  # the latest ten
+
+    @property
+    def last_error(self) -> str | None:
+        return self.errors[-1] if self.errors else None
 
 
 _END = object()
@@ -151,7 +154,6 @@ class LiveSource:
                         return
                 except DecodeError as exc:
                     reason = str(exc)
-                    self.stats.last_error = reason
                     self.stats.errors.append(reason)
                 failures += 1
                 if failures > self.max_reconnects:

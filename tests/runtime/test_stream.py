@@ -11,7 +11,7 @@ import torch
 
 from mirasol_edge.runtime.backends import BackendError
 from mirasol_edge.runtime.manifest import ManifestError
-from mirasol_edge.runtime.stream import ChunkShapeError, MirasolEngines, MirasolStream, SnapshotError
+from mirasol_edge.runtime.stream import ChunkShapeError, MirasolEngines, MirasolStream, RawChunk, SnapshotError
 from mirasol_edge.toolkit import Mirasol
 
 QUESTION = "what colour?"
@@ -207,7 +207,7 @@ def test_batched_streams_keep_their_own_state(tmp_path, tiny_checkpoint, tiny_en
     chunks_a = list(random_chunks(engines, 4, seed=1))
     chunks_b = list(random_chunks(engines, 4, seed=2))
     for (fa, ma), (fb, mb) in zip(chunks_a, chunks_b):
-        ra, rb = engines.push_many([a, b], [_Chunk(fa, ma), _Chunk(fb, mb)])
+        ra, rb = engines.push_many([a, b], [RawChunk(fa, ma), RawChunk(fb, mb)])
         rc = c.push(frames=fa, mel=ma)  # alone in the batch, padded
         np.testing.assert_allclose(ra.outputs, rc.outputs, atol=1e-5)
         assert not np.allclose(ra.outputs, rb.outputs)
@@ -217,11 +217,6 @@ def test_batched_streams_keep_their_own_state(tmp_path, tiny_checkpoint, tiny_en
     np.testing.assert_allclose(rb.outputs, last.outputs, atol=2e-4)
     assert a.ask(QUESTION).tokens == c.ask(QUESTION).tokens
     engines.close()
-
-
-class _Chunk:
-    def __init__(self, frames, mel):
-        self.frames, self.mel = frames, mel
 
 
 def test_long_stream_has_flat_memory(tiny_engines):
