@@ -35,6 +35,14 @@ class ComponentInfo:
     precision: str
 
 
+def verify_onnx(path: Path, name: str, entry: dict) -> Path:
+    """A component's graph and, for one over 2 GB, its external data, against their sha256."""
+    if entry.get("onnx_data"):
+        data = entry["onnx_data"]
+        verify_file(path, data["file"], data["sha256"], f"{name} ONNX external data")
+    return verify_file(path, entry["onnx"], entry["onnx_sha256"], f"{name} ONNX")
+
+
 def _tensors(entries: list[dict]) -> dict[str, TensorInfo]:
     return {e["name"]: TensorInfo(e["name"], np.dtype(e["dtype"]), tuple(e["shape"])) for e in entries}
 
@@ -110,8 +118,11 @@ class EngineDir:
             onnx_path = path / entry["onnx"]
             engine = None
             if use_onnx:
-                verify_file(path, entry["onnx"], entry["onnx_sha256"], f"{name} ONNX")
+                verify_onnx(path, name, entry)
             else:
+                if entry.get("engine_data"):
+                    data = entry["engine_data"]
+                    verify_file(path, data["file"], data["sha256"], f"{name} engine external data")
                 engine = verify_file(path, entry["engine"], entry["engine_sha256"], f"{name} engine")
             components[name] = ComponentInfo(name, engine, onnx_path, _tensors(entry["inputs"]),
                                               _tensors(entry["outputs"]), entry["precision"])

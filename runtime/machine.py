@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import os
 import platform
 import socket
@@ -72,3 +74,13 @@ def rss_mib() -> float | None:
 def peak_rss_mib() -> float | None:
     """This process's own high-water mark (VmHWM: ru_maxrss would carry a parent's across exec)."""
     return _status_mib("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Start a new high-water mark (Linux: ``echo 5 > /proc/self/clear_refs``), so a step's peak
+    is its own; False where that isn't possible (the peak then spans the process)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

@@ -1,7 +1,8 @@
 """``mirasol-build``: a checkpoint (or preset) and a recipe -> engines and a manifest.
 
 Exit codes: 0 built; 2 bad usage or recipe; 3 checkpoint; 4 export or parity; 5 engine
-build; 6 output directory; 7 precision not available yet.
+build; 6 output directory; 7 calibration or quantization (too little media, or the quantized
+model misses the recipe's accuracy thresholds: the report is in the message).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 EXIT = {"RecipeError": 2, "ValueError": 2, "CheckpointError": 3, "ExportError": 4, "ParityError": 4,
-        "EngineBuildError": 5, "TensorRTMissing": 5, "OutputDirError": 6, "PrecisionNotReady": 7,
+        "EngineBuildError": 5, "TensorRTMissing": 5, "OutputDirError": 6, "CalibrationError": 7,
+        "QuantizationError": 7,
         "ManifestError": 2}
 
 err = Console(stderr=True, soft_wrap=True)

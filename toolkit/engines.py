@@ -52,6 +52,11 @@ def build_onnxruntime(onnx_path: Path, engine_path: Path, recipe: Recipe) -> Non
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     tmp = engine_path.with_name(f".{engine_path.name}.tmp")
     options.optimized_model_filepath = str(tmp)
+    if onnx_path.with_name(onnx_path.name + ".data").is_file():
+        # Over 2 GB: the optimized model keeps its weights outside the protobuf too.
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         f"{engine_path.name}.data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
         ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         os.replace(tmp, engine_path)

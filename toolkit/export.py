@@ -115,51 +115,58 @@ class TextDecodeGraph(nn.Module):
         return (logits[:, -1], *[t for kv in presents for t in kv])
 
 
-def component_specs(model: Mirasol, batch: int, example_state: dict[str, Tensor] | None = None) -> list[ComponentSpec]:
-    """The four graphs with example inputs; ``example_state`` (from real pushes) replaces zeros."""
+def component_spec(model: Mirasol, name: str, batch: int, state: dict[str, Tensor]) -> ComponentSpec:
+    """One graph with example inputs; ``state`` is a stream state (``model.init_state`` or real
+    pushes). Needs only that component's part of the model to be real (see toolkit.source)."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(0)
-    state = example_state or model.init_state(batch)
-    specs = []
+    if name == "chunk_encoder":
+        inputs = {"video": torch.rand(batch, cfg.frames_per_chunk, cfg.image_size, cfg.image_size, 3, generator=g)}
+        if cfg.use_audio:
+            inputs["mel"] = torch.randn(batch, cfg.mel_frames_per_chunk, cfg.n_mels, generator=g) * 20 - 40
+        outputs = ["latents"]
+        if "memory" in state:
+            inputs["past.memory"] = state["memory"]
+            outputs.append("present.memory")
+        return ComponentSpec(name, ChunkEncoderGraph(model), inputs, outputs)
 
-    enc_inputs = {"video": torch.rand(batch, cfg.frames_per_chunk, cfg.image_size, cfg.image_size, 3, generator=g)}
-    if cfg.use_audio:
-        enc_inputs["mel"] = torch.randn(batch, cfg.mel_frames_per_chunk, cfg.n_mels, generator=g) * 20 - 40
-    enc_outputs = ["latents"]
-    if "memory" in state:
-        enc_inputs["past.memory"] = state["memory"]
-        enc_outputs.append("present.memory")
-    specs.append(ComponentSpec("chunk_encoder", ChunkEncoderGraph(model), enc_inputs, enc_outputs))
+    if name == "ar_step":
+        inputs = {"latents": torch.randn(batch, cfg.latents_per_chunk, cfg.combiner_width, generator=g),
+                  "past.pos": state["pos"]}
+        for i in range(cfg.ar_depth):
+            inputs[f"past.{i}.key"] = state[f"kv.{i}.key"]
+            inputs[f"past.{i}.value"] = state[f"kv.{i}.value"]
+        inputs["past.context"] = state["context"]
+        outputs = ["outputs", "present.pos", *_kv_names("present", cfg.ar_depth), "present.context"]
+        return ComponentSpec(name, ARStepGraph(model), inputs, outputs)
 
-    ar_inputs = {"latents": torch.randn(batch, cfg.latents_per_chunk, cfg.combiner_width, generator=g),
-                 "past.pos": state["pos"]}
-    for i in range(cfg.ar_depth):
-        ar_inputs[f"past.{i}.key"] = state[f"kv.{i}.key"]
-        ar_inputs[f"past.{i}.value"] = state[f"kv.{i}.value"]
-    ar_inputs["past.context"] = state["context"]
-    ar_outputs = ["outputs", "present.pos", *_kv_names("present", cfg.ar_depth), "present.context"]
-    specs.append(ComponentSpec("ar_step", ARStepGraph(model), ar_inputs, ar_outputs))
-
-    prompt = prompt_ids(model.tokenizer, "what colour was the first shape?", cfg.max_question_tokens)
-    max_prompt = cfg.max_question_tokens + 2
-    prefill_inputs = {"tokens": torch.tensor([prompt]), "context": state["context"][:1], "pos": state["pos"][:1]}
-    prefill_outputs = ["logits", *_kv_names("present", cfg.text_depth), *_kv_names("cross", cfg.text_depth),
-                       "cross_bias"]
-    specs.append(ComponentSpec("text_prefill", TextPrefillGraph(model), prefill_inputs, prefill_outputs,
-                               {"tokens": {1: ("prompt_len", 2, max_prompt)}}))
-
-    with torch.no_grad():
-        prefill = TextPrefillGraph(model)(*prefill_inputs.values())
     depth = cfg.text_depth
-    decode_inputs = {"token": torch.tensor([[ord("r")]])}
-    decode_inputs.update(dict(zip(_kv_names("past", depth), prefill[1 : 1 + 2 * depth])))
-    decode_inputs.update(dict(zip(_kv_names("cross", depth), prefill[1 + 2 * depth : 1 + 4 * depth])))
-    decode_inputs["cross_bias"] = prefill[-1]
-    past_len = ("past_len", 2, cfg.max_text_tokens - 1)
-    specs.append(ComponentSpec("text_decode", TextDecodeGraph(model), decode_inputs,
-                               ["logits", *_kv_names("present", depth)],
-                               {n: {2: past_len} for n in _kv_names("past", depth)}))
-    return specs
+    prompt = prompt_ids(model.tokenizer, "what colour was the first shape?", cfg.max_question_tokens)
+    prefill_inputs = {"tokens": torch.tensor([prompt]), "context": state["context"][:1], "pos": state["pos"][:1]}
+    if name == "text_prefill":
+        outputs = ["logits", *_kv_names("present", depth), *_kv_names("cross", depth), "cross_bias"]
+        return ComponentSpec(name, TextPrefillGraph(model), prefill_inputs, outputs,
+                             {"tokens": {1: ("prompt_len", 2, cfg.max_question_tokens + 2)}})
+
+    if name == "text_decode":
+        with torch.no_grad():
+            prefill = TextPrefillGraph(model)(*prefill_inputs.values())
+        inputs = {"token": torch.tensor([[ord("r")]])}
+        inputs.update(dict(zip(_kv_names("past", depth), prefill[1 : 1 + 2 * depth])))
+        inputs.update(dict(zip(_kv_names("cross", depth), prefill[1 + 2 * depth : 1 + 4 * depth])))
+        inputs["cross_bias"] = prefill[-1]
+        past_len = ("past_len", 2, cfg.max_text_tokens - 1)
+        return ComponentSpec(name, TextDecodeGraph(model), inputs, ["logits", *_kv_names("present", depth)],
+                             {n: {2: past_len} for n in _kv_names("past", depth)})
+    raise ValueError(f"unknown component {name!r}")
+
+
+def component_specs(model: Mirasol, batch: int, example_state: dict[str, Tensor] | None = None) -> list[ComponentSpec]:
+    """The four graphs of a whole model; ``example_state`` (from real pushes) replaces zeros."""
+    from mirasol_edge.runtime.engine_dir import COMPONENTS
+
+    state = example_state or model.init_state(batch)
+    return [component_spec(model, name, batch, state) for name in COMPONENTS]
 
 
 def _dynamic_shapes(spec: ComponentSpec) -> tuple | None:
@@ -268,20 +275,38 @@ def torch_outputs(spec: ComponentSpec, inputs: dict[str, np.ndarray] | None = No
     return {name: t.float().numpy() if t.is_floating_point() else t.numpy() for name, t in zip(spec.outputs, outs)}
 
 
-def onnx_outputs(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def onnx_outputs(path: Path, *input_sets: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """ONNX Runtime's outputs for each input set, from one session (a 4 GB graph loads once)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if Path(str(path) + ".data").is_file():
+        # Over 2 GB: ORT's CPU EP runs fp16 MatMuls on fp32 copies of the weights, and prepacking
+        # copies those again: 5.3x the fp16 bytes at peak, 2.2x without prepacking (measured).
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-    return dict(zip(names, (np.asarray(o, dtype=np.float32) if np.asarray(o).dtype.kind == "f" else o
-                            for o in session.run(names, feed))))
+    results = []
+    for inputs in input_sets:
+        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+        results.append(dict(zip(names, (np.asarray(o, dtype=np.float32) if np.asarray(o).dtype.kind == "f" else o
+                                        for o in session.run(names, feed)))))
+    return results
+
+
+def parity_input_sets(spec: ComponentSpec, extra_inputs: list[dict[str, np.ndarray]] = ()) -> list[dict]:
+    return [{k: v.numpy() for k, v in spec.inputs.items()}, *extra_inputs]
+
+
+def onnx_parity(path: Path, sets: list[dict[str, np.ndarray]], references: list[dict[str, np.ndarray]]) -> Parity:
+    """Worst agreement of the ONNX graph with PyTorch's outputs over the input sets."""
+    results = [compare(ref, got) for ref, got in zip(references, onnx_outputs(path, *sets))]
+    worst = max(results, key=lambda p: p.max_abs_error)
+    return Parity(worst.max_abs_error, max(p.max_rel_error for p in results),
+                  min(p.min_cosine for p in results), worst.worst_output)
 
 
 def check_parity(spec: ComponentSpec, path: Path, extra_inputs: list[dict[str, np.ndarray]] = ()) -> Parity:
     """Worst agreement over the spec's example inputs and any extra input sets."""
-    sets = [{k: v.numpy() for k, v in spec.inputs.items()}, *extra_inputs]
-    results = [compare(torch_outputs(spec, s), onnx_outputs(path, s)) for s in sets]
-    worst = max(results, key=lambda p: p.max_abs_error)
-    return Parity(worst.max_abs_error, max(p.max_rel_error for p in results),
-                  min(p.min_cosine for p in results), worst.worst_output)
+    sets = parity_input_sets(spec, extra_inputs)
+    return onnx_parity(path, sets, [torch_outputs(spec, s) for s in sets])

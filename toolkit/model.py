@@ -63,13 +63,18 @@ class Mirasol(nn.Module):
     # ---- state --------------------------------------------------------------------
     def init_state(self, batch: int = 1, device: torch.device | str | None = None) -> State:
         cfg = self.cfg
-        device = device or next(self.parameters()).device
-        dtype = next(self.parameters()).dtype
+        # The state is fp32 whatever the weights' precision; parts may still be on meta
+        # while a large model is built part by part (see toolkit.source).
+        device = device or next((p.device for p in self.parameters() if not p.is_meta), "cpu")
+        dtype = torch.float32
         head_dim = cfg.ar_width // cfg.ar_heads
         ring = cfg.window_chunks * cfg.latents_per_chunk
         state: State = {"pos": torch.zeros(batch, dtype=torch.int64, device=device)}
         if self.chunk_encoder.combiner.has_memory:
-            state["memory"] = self.chunk_encoder.combiner.initial_memory.detach().expand(batch, -1, -1).clone()
+            memory = self.chunk_encoder.combiner.initial_memory
+            if memory.is_meta:
+                raise RuntimeError("init_state needs the chunk encoder's weights (its TTM memory); it is on meta")
+            state["memory"] = memory.detach().to(device, dtype).expand(batch, -1, -1).clone()
         for i in range(cfg.ar_depth):
             for part in ("key", "value"):
                 state[f"kv.{i}.{part}"] = torch.zeros(batch, cfg.ar_heads, ring, head_dim, dtype=dtype, device=device)

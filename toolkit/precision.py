@@ -23,10 +23,6 @@ from .recipe import QUANTIZED
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class PrecisionNotReady(NotImplementedError):
-    """A quantized precision was asked for before calibration can produce it."""
-
-
 class CastLinear(nn.Module):
     """A Linear whose weights and matmul are in ``dtype``; input and output stay fp32."""
 
@@ -40,22 +36,21 @@ class CastLinear(nn.Module):
         return nn.functional.linear(x.to(self.dtype), self.weight, self.bias).float()
 
 
-def apply_precision(module: nn.Module, precision: str, keep_fp32: tuple[str, ...] = ()) -> nn.Module:
-    """A copy of ``module`` in ``precision``; Linear layers whose names start with a prefix in
-    ``keep_fp32`` stay fp32."""
-    if precision == "fp32":
-        return module
-    if precision in QUANTIZED:
-        raise PrecisionNotReady(
-            f"precision {precision!r} needs calibration on real media (explicit Q/DQ); "
-            "it is not available in this build yet: use fp32/fp16/bf16"
-        )
+def apply_precision(module: nn.Module, precision: str, keep_fp32: tuple[str, ...] = (),
+                    inplace: bool = False) -> nn.Module:
+    """``module`` in ``precision`` (a copy unless ``inplace``: a 2B-parameter AR model has no
+    room for two copies); Linear layers whose names start with a prefix in ``keep_fp32`` stay fp32."""
+    if precision == "fp32" or precision in QUANTIZED:
+        return module  # quantized graphs are made from the fp32 export (mirasol_edge.calib)
     if precision not in DTYPES:
         raise ValueError(f"unknown precision {precision!r}")
-    module = copy.deepcopy(module)
-    for name, child in list(module.named_modules()):
-        for attr, sub in list(child.named_children()):
-            full = f"{name}.{attr}" if name else attr
-            if isinstance(sub, nn.Linear) and not any(full.startswith(p) for p in keep_fp32 if p):
-                setattr(child, attr, CastLinear(sub, DTYPES[precision]))
+    if not inplace:
+        module = copy.deepcopy(module)
+    # Names, not module references: each fp32 Linear is freed as soon as it is replaced.
+    names = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear)
+             and not any(name.startswith(p) for p in keep_fp32 if p)]
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        owner = module.get_submodule(parent)
+        setattr(owner, attr, CastLinear(getattr(owner, attr), DTYPES[precision]))
     return module

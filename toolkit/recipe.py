@@ -43,6 +43,9 @@ class Precision:
     text_decode: str
     # Module-name prefixes whose Linear layers stay fp32 under fp16/bf16 (e.g. "text.blocks.0").
     keep_fp32: tuple[str, ...]
+    # Quantized components: layer group -> "fp32" (never quantized) or the component's quantized
+    # precision (never kept in fp32 by the sensitivity pass). Groups: "ar.blocks.3", "text.logits".
+    pin: dict[str, str]
 
     def of(self, component: str) -> str:
         return getattr(self, component)
@@ -63,6 +66,17 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    media: str  # "synthetic" (the demo generator's clips) or a directory of clips
+    clips: int  # clips to stream; the last held_out fraction is kept for the reports
+    held_out: float
+    max_samples: int  # per component, spread evenly over the clips
+    min_samples: int  # fewer fit samples than this is an error
+    method: str  # int8 activation ranges: MinMax, Percentile or Entropy (fp8 uses Distribution)
+    eval_clips: int  # demo-task clips answered through the runtime, fp32 against quantized
+
+
+@dataclass(frozen=True)
 class Build:
     batch: int  # streams served together
     workspace_mib: int
@@ -78,7 +92,8 @@ class Build:
 class Accuracy:
     max_rel_error: float  # ONNX vs PyTorch: max |diff| / max |reference|, per component
     min_cosine: float
-    min_exact_match: float  # answers on the demo task, quantized vs fp32 (calibration)
+    min_exact_match: float  # demo-task exact match, quantized / fp32 (through the runtime)
+    min_quantized_cosine: float  # per quantized component, against fp32 on held-out calibration data
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,7 @@ class Recipe:
     text: Text
     build: Build
     accuracy: Accuracy
+    calibration: Calibration
     path: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,11 +114,19 @@ class Recipe:
 
 
 SECTION_TYPES = {"target": Target, "precision": Precision, "chunking": Chunking, "text": Text,
-                 "build": Build, "accuracy": Accuracy}
+                 "build": Build, "accuracy": Accuracy, "calibration": Calibration}
+CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")
+# Which component quantizes a pinned group: the group's first name.
+PIN_PARTS = {"chunk_encoder": ("chunk_encoder",), "ar": ("ar_step",), "text": ("text_prefill", "text_decode")}
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     origin = get_origin(kind)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a table, got {value!r}")
+        key_kind, value_kind = get_args(kind)
+        return {_coerce(k, key_kind, where): _coerce(v, value_kind, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         inner = get_args(kind)[0]
         if not isinstance(value, list):
@@ -154,6 +178,9 @@ def precision_refusal(recipe: Recipe, precision: str) -> str | None:
     ccs = [_cc(c) for c in t.compute_capabilities]
     if precision == "fp8" and (t.device == "cpu" or not t.has_fp8):
         return f"target {t.name!r} has no FP8 (FP8 needs Hopper, Ada, Blackwell or Thor tensor cores)"
+    if precision == "fp8" and any(cc < (8, 9) for cc in ccs):
+        old = ", ".join(c for c in t.compute_capabilities if _cc(c) < (8, 9))
+        return f"compute capability {old} has no FP8 (needs 8.9 or newer); drop it from target.compute_capabilities"
     if precision == "bf16" and (t.device == "cpu" or any(cc < (8, 0) for cc in ccs)):
         return f"target {t.name!r} has no BF16 (needs compute capability 8.0 or newer)"
     if precision == "int4" and t.backend == "onnxruntime":
@@ -205,6 +232,25 @@ def check_recipe(recipe: Recipe) -> None:
     need(recipe.text.max_answer_tokens >= 1, "text.max_answer_tokens", "must be at least 1")
     for key in ("frames_per_chunk", "image_size", "window_chunks"):
         need(getattr(recipe.chunking, key) >= 0, f"chunking.{key}", "must be 0 (from the model) or positive")
+    for group, pinned in recipe.precision.pin.items():
+        where = f"precision.pin.{group}"
+        need(pinned in PRECISIONS, where, f"{pinned!r} is not a precision (one of {', '.join(PRECISIONS)})")
+        part = group.split(".")[0]
+        need(part in PIN_PARTS, where, f"a layer group starts with {', '.join(PIN_PARTS)} (e.g. ar.blocks.0)")
+        owners = {recipe.precision.of(c) for c in PIN_PARTS[part]}
+        need(pinned == "fp32" or pinned in owners, where,
+             f"{pinned!r}: the group is quantized to {' / '.join(sorted(owners))} by its component, "
+             "so it can be pinned to that or to 'fp32'")
+    c = recipe.calibration
+    need(c.clips >= 2, "calibration.clips", "needs at least 2 clips (one to fit, one held out)")
+    need(0 < c.held_out < 1, "calibration.held_out", "must be a fraction in (0, 1)")
+    need(c.min_samples >= 1, "calibration.min_samples", "must be at least 1")
+    need(c.max_samples >= c.min_samples, "calibration.max_samples", "must be at least calibration.min_samples")
+    need(c.method in CALIBRATION_METHODS, "calibration.method",
+         f"must be one of {', '.join(CALIBRATION_METHODS)}, got {c.method!r}")
+    need(c.eval_clips >= 1, "calibration.eval_clips", "must be at least 1")
+    need(0 < recipe.accuracy.min_quantized_cosine <= 1, "accuracy.min_quantized_cosine", "must be in (0, 1]")
+    need(0 <= recipe.accuracy.min_exact_match <= 1, "accuracy.min_exact_match", "must be in [0, 1]")
     need(0 < recipe.accuracy.min_cosine <= 1, "accuracy.min_cosine", "must be in (0, 1]")
     need(recipe.accuracy.max_rel_error > 0, "accuracy.max_rel_error", "must be positive")
 

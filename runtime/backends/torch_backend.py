@@ -19,7 +19,7 @@ def load_reference_model(engines: EngineDir):
     """The PyTorch model the manifest says these engines were built from."""
     import torch
 
-    from mirasol_edge.toolkit.build import load_source
+    from mirasol_edge.toolkit.source import load_source
 
     source = engines.manifest["model"]
     if "checkpoint" in source:
@@ -28,9 +28,9 @@ def load_reference_model(engines: EngineDir):
             raise BackendError(f"{engines.path}: built from {path}, which is not here; the torch backend needs it")
         if sha256_file(path) != source["sha256"]:
             raise BackendError(f"{path}: checkpoint changed since {engines.path} was built (sha256 differs)")
-        model = load_source(path, None).model
+        model = load_source(path, None).whole()
     else:
-        model = load_source(None, source["preset"], source.get("seed", 0)).model
+        model = load_source(None, source["preset"], source.get("seed", 0)).whole()
     if model.cfg.hash() != engines.manifest["model"]["config_hash"]:
         raise BackendError(f"{engines.path}: the reference model's config hash differs from the manifest's")
     return model.eval().to(torch.float32)

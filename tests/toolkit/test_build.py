@@ -12,8 +12,7 @@ from mirasol_edge.runtime.manifest import sha256_file
 from mirasol_edge.toolkit import Mirasol, MirasolConfig
 from mirasol_edge.toolkit.build import OutputDirError, ParityError, build
 from mirasol_edge.toolkit.engines import EngineBuildError, build_tensorrt
-from mirasol_edge.toolkit.precision import PrecisionNotReady
-from mirasol_edge.toolkit.recipe import load_recipe
+from mirasol_edge.toolkit.recipe import RecipeError, load_recipe
 
 COMPONENTS = ["chunk_encoder", "ar_step", "text_prefill", "text_decode"]
 
@@ -122,9 +121,11 @@ def test_failed_parity_leaves_nothing_behind(tmp_path, tiny_checkpoint):
     assert not list(tmp_path.glob(".*"))
 
 
-def test_quantized_precision_says_not_yet(tmp_path, tiny_checkpoint):
-    with pytest.raises(PrecisionNotReady, match="int8.*calibration"):
-        build(load_recipe("cpu", ["precision.chunk_encoder=int8"]), tmp_path / "q", checkpoint=tiny_checkpoint)
+def test_pin_naming_a_group_the_model_lacks_fails_before_work(tmp_path, tiny_checkpoint):
+    recipe = load_recipe("cpu", ["precision.ar_step=int8", 'precision.pin={"ar.blocks.9" = "fp32"}'])
+    with pytest.raises(RecipeError, match=r"precision\.pin\.ar\.blocks\.9: no such layer group.*ar\.blocks\.0"):
+        build(recipe, tmp_path / "q", checkpoint=tiny_checkpoint)
+    assert not (tmp_path / "q").exists()
 
 
 def test_unwritable_or_foreign_output_dirs(tmp_path, tiny_checkpoint):

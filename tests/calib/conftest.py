@@ -1,0 +1,24 @@
+import os
+
+import pytest
+
+from mirasol_edge.toolkit.weights import load_model
+
+BUNDLED = "models/tiny-synthetic.safetensors"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def calib_cache(tmp_path_factory):
+    """One calibration cache (clips and recorded inputs) for the calibration tests, not ~/.cache."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def bundled_model():
+    return load_model(BUNDLED)

@@ -1,0 +1,82 @@
+"""Quantized builds end to end: the int8 cpu build of the bundled model, the orin-nano
+int8/int4 bundle through TensorRT-RTX, and failures that leave nothing behind."""
+
+import json
+
+import onnx
+import pytest
+
+from mirasol_edge.calib.quantize import QuantizationError
+from mirasol_edge.runtime.stream import MirasolStream
+from mirasol_edge.toolkit.build import build, build_engine
+from mirasol_edge.toolkit.engines import Profile
+from mirasol_edge.toolkit.recipe import load_recipe
+
+from .conftest import BUNDLED
+
+SMALL = ["calibration.clips=8", "calibration.eval_clips=12"]
+ALL_INT8 = [f"precision.{c}=int8" for c in ("chunk_encoder", "ar_step", "text_prefill", "text_decode")]
+
+
+def _ops(path):
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+@pytest.fixture(scope="module")
+def int8_cpu(tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "tiny-int8-cpu"
+    return out, build(load_recipe("cpu", SMALL + ALL_INT8), out, checkpoint=BUNDLED)
+
+
+def test_int8_cpu_build_answers_like_fp32(int8_cpu):
+    out, manifest = int8_cpu
+    report = manifest["quantization"]
+    assert report["exact_match"]["fp32"] >= 0.9, "the bundled model knows the task"
+    assert report["ratio"] >= 0.85 and report["calibration"]["clips"] == 8
+    for name, entry in manifest["components"].items():
+        assert entry["precision"] == "int8"
+        assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(out / entry["onnx"]), name
+        q = entry["quantization"]
+        assert q["error"]["min_cosine"] >= 0.99 and q["quantized_bytes"] < q["fp32_bytes"], name
+    assert not list(out.glob("*.fp32.onnx*")), "the fp32 graph is not shipped"
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["quantization"]["ratio"] == report["ratio"]
+
+
+def test_int8_engines_answer_the_bundled_sample(int8_cpu):
+    out, _ = int8_cpu
+    from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
+
+    sample = json.loads(open("samples/sample.json").read())
+    with MirasolStream.open(out, backend="onnxruntime") as stream:
+        for chunk in chunks("samples/sample.mp4", ChunkSpec.from_config(stream.engines.dir.config)):
+            stream.push(chunk)
+        right = sum(stream.ask(qa["question"]).text == qa["answer"] for qa in sample["qa"])
+    assert right == len(sample["qa"])
+
+
+def test_orin_nano_bundle_is_int8_int4_and_tensorrt_rtx_builds_it(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    out = tmp_path / "orin-nano-bundle"
+    manifest = build(load_recipe("orin-nano", SMALL), out, checkpoint=BUNDLED, stage="export")
+    assert manifest["backend"]["engines_built"] is False
+    assert {c: e["precision"] for c, e in manifest["components"].items()} == {
+        "chunk_encoder": "int8", "ar_step": "int4", "text_prefill": "int4", "text_decode": "int4"}
+    ar = onnx.load(str(out / manifest["components"]["ar_step"]["onnx"]))
+    int4 = [i for i in ar.graph.initializer if i.data_type == onnx.TensorProto.INT4]
+    assert int4, "AR weights are int4 behind DequantizeLinear"
+    assert manifest["quantization"]["ratio"] >= 0.85
+    rtx = load_recipe("rtx")
+    for name, entry in manifest["components"].items():
+        profiles = {n: Profile(tuple(p["min"]), tuple(p["opt"]), tuple(p["max"])) for n, p in entry["profiles"].items()}
+        built = build_engine(out / entry["onnx"], name, rtx, profiles)
+        assert built["engine_bytes"] > 100_000, name
+
+
+def test_quantization_that_breaks_the_model_fails_and_leaves_nothing(tmp_path):
+    recipe = load_recipe("cpu", SMALL + ["precision.ar_step=int8", 'precision.pin={"ar.blocks.0" = "int8", '
+                                         '"ar.blocks.1" = "int8", "ar.input" = "int8"}',
+                                         "accuracy.min_quantized_cosine=0.9999999"])
+    with pytest.raises(QuantizationError, match=r"ar_step: int8 breaks this component.*min_quantized_cosine"):
+        build(recipe, tmp_path / "q", checkpoint=BUNDLED)
+    assert not list(tmp_path.iterdir()), "no output, no staging directory"
