@@ -132,11 +132,13 @@ def quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], node
 @contextlib.contextmanager
 def _quiet():
     """ORT's quantizer warns on the root logger and prints progress; the build has its own."""
-    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401  (creates its logger)
+    root_level = logging.getLogger().level
+    # Importing it calls logging.basicConfig(level=INFO): the root level is taken before.
+    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
 
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
                                       if n.startswith("onnxruntime"))]
-    levels = [lg.level for lg in loggers]
+    levels = [root_level, *(lg.level for lg in loggers[1:])]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:

@@ -33,8 +33,10 @@ def _summary(manifest: dict, out: str, seconds: float, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "out": out, "seconds": round(seconds, 2), "backend": manifest["backend"],
-            "components": {n: {k: c.get(k) for k in ("precision", "engine", "engine_bytes", "parity", "reused")}
+            "components": {n: {k: c.get(k) for k in ("precision", "engine", "engine_bytes", "parity", "reused",
+                                                     "quantization")}
                            for n, c in manifest["components"].items()},
+            "quantization": manifest.get("quantization"),
         }))
         return
     table = Table(title=f"{out}  ({manifest['backend']['name']} {manifest['backend']['version'] or ''})")
@@ -46,6 +48,13 @@ def _summary(manifest: dict, out: str, seconds: float, as_json: bool) -> None:
                       f"{c['parity']['max_rel_error']:.1e}", f"{c.get('export_seconds', 0):.1f}",
                       "reused" if c.get("reused") else f"{c.get('build_seconds', 0):.1f}")
     Console().print(table)
+    q = manifest.get("quantization")
+    if q and "exact_match" in q:
+        kept = {n: c["quantization"]["kept_fp32"] for n, c in manifest["components"].items()
+                if c.get("quantization", {}).get("kept_fp32")}
+        Console().print(f"answers on {q['eval_clips']} demo-task clips: fp32 {q['exact_match']['fp32']:.1%}, "
+                        f"quantized {q['exact_match']['quantized']:.1%}"
+                        + (f"; kept in fp32: {kept}" if kept else ""), highlight=False)
     Console().print(f"built in {seconds:.1f}s -> {out}/manifest.json")
 
 

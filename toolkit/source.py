@@ -57,6 +57,11 @@ class ModelSource:
     def cfg(self) -> MirasolConfig:
         return self.model.cfg
 
+    @property
+    def checkpoint_path(self) -> str | None:
+        """The trained weights' file; None for a preset's random init."""
+        return self.description.get("checkpoint")
+
     def part_bytes(self, part: str) -> int:
         return fp32_bytes(getattr(self.model, part))
 

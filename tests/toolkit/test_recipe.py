@@ -91,3 +91,27 @@ def test_overrides_take_toml_values_and_refuse_unknown_keys():
 def test_unknown_recipe_lists_the_bundled_ones():
     with pytest.raises(RecipeError, match="no such recipe.*orin-nano"):
         load_recipe("jetson-tx2")
+
+
+@pytest.mark.parametrize("override, message", [
+    ('precision.pin={"ar.blocks.0" = "int3"}', r"precision\.pin\.ar\.blocks\.0: 'int3' is not a precision"),
+    ('precision.pin={"vision.blocks.0" = "fp32"}', r"precision\.pin\.vision\.blocks\.0: a layer group starts with"),
+    ('precision.pin={"ar.blocks.0" = "int8"}', r"precision\.pin\.ar\.blocks\.0: 'int8': the group is quantized to fp32"),
+    ("calibration.clips=1", r"calibration\.clips: needs at least 2 clips"),
+    ("calibration.method=Median", r"calibration\.method: must be one of MinMax"),
+    ("calibration.held_out=1.5", r"calibration\.held_out: must be a fraction"),
+])
+def test_pins_and_calibration_are_checked(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("cpu", [override])
+
+
+def test_pins_to_the_components_precision_are_accepted():
+    recipe = load_recipe("orin-nano", ['precision.pin={"ar.blocks.0" = "int4", "text.blocks.1" = "fp32"}'])
+    assert recipe.precision.pin == {"ar.blocks.0": "int4", "text.blocks.1": "fp32"}
+
+
+def test_fp8_needs_compute_capability_8_9():
+    with pytest.raises(RecipeError, match=r"precision\.ar_step: 'fp8' refused: compute capability 8\.6 has no FP8"):
+        load_recipe("rtx", ["precision.ar_step=fp8"])
+    assert load_recipe("rtx", ["precision.ar_step=fp8", 'target.compute_capabilities=["8.9", "12.0"]'])

@@ -90,3 +90,16 @@ def test_part_by_part_checkpoint_mismatch_names_tensor(by_part, checkpoint, tmp_
     save_file(tensors, bad, metadata=metadata)
     with pytest.raises(CheckpointError, match="'text.norm.weight' is missing"):
         load_source(bad, None)
+
+
+def test_mirasol3b_is_built_part_by_part_and_sized_before_work():
+    from mirasol_edge.toolkit.build import check_host_memory, estimated_host_memory_mib
+    from mirasol_edge.toolkit.recipe import RecipeError
+
+    source = load_source(None, "mirasol3b")
+    assert source.by_part and all(p.is_meta for p in source.model.parameters()), "nothing allocated yet"
+    fp16 = estimated_host_memory_mib(source, load_recipe("rtx"))
+    assert 15_000 < fp16 < 20_000, "the AR step (2.0B params) dominates"
+    check_host_memory(source, load_recipe("rtx"))
+    with pytest.raises(RecipeError, match=r"max_host_memory_mib = 20000 but building this model .* needs about"):
+        check_host_memory(source, load_recipe("cpu"))
