@@ -234,11 +234,17 @@ def test_long_stream_has_flat_memory(tiny_engines):
             stream.push(frames=f, mel=m)
         gc.collect()
         rss_start, objects_start = rss_mib(), len(gc.get_objects())
-        for _ in range(1800):
+        for _ in range(900):
+            stream.push(frames=f, mel=m)
+        rss_middle = rss_mib()
+        for _ in range(900):
             stream.push(frames=f, mel=m)
         gc.collect()
         rss_end, objects_end = rss_mib(), len(gc.get_objects())
         assert stream.chunks_seen == 2000
         assert int(stream.state()["pos"][0]) == 2000
-    assert rss_end - rss_start < 8, (rss_start, rss_end)
+    # A leak grows in both halves; the allocator settling (after a whole test session in this
+    # process) shows only in the first.
+    assert rss_end - rss_middle < 4, (rss_start, rss_middle, rss_end)
+    assert rss_end - rss_start < 12, (rss_start, rss_middle, rss_end)
     assert objects_end - objects_start < 100, (objects_start, objects_end)

@@ -173,9 +173,11 @@ def test_cli_exit_codes_and_messages(tmp_path, tiny_checkpoint):
     assert refused.returncode == 2 and "has no FP8" in refused.stderr
     missing = run_cli("--recipe", "cpu", "--checkpoint", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "y"))
     assert missing.returncode == 3 and "no such checkpoint" in missing.stderr
-    not_yet = run_cli("--recipe", "cpu", "--set", "precision.ar_step=int8", "--checkpoint", str(tiny_checkpoint),
-                      "--out", str(tmp_path / "z"))
-    assert not_yet.returncode == 7 and "calibration" in not_yet.stderr
+    (tmp_path / "no-clips").mkdir()
+    no_media = run_cli("--recipe", "cpu", "--set", "precision.ar_step=int8", "--set",
+                       f'calibration.media="{tmp_path / "no-clips"}"', "--checkpoint", str(tiny_checkpoint),
+                       "--out", str(tmp_path / "z"))
+    assert no_media.returncode == 7 and "no-clips: no video files" in no_media.stderr, no_media.stderr
     ok = run_cli("--recipe", "cpu", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "ok"), "--json")
     assert ok.returncode == 0, ok.stderr
     summary = json.loads(ok.stdout)
