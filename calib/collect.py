@@ -119,7 +119,7 @@ def _record_clip(model, frames: list[np.ndarray], mels: list[np.ndarray], out: d
             for i in range(cfg.ar_depth):
                 step[f"past.{i}.key"], step[f"past.{i}.value"] = np_(state[f"kv.{i}.key"]), np_(state[f"kv.{i}.value"])
             out["ar_step"].append(step)
-            _, state = model.encode_chunk(torch.from_numpy(f)[None], mel, state)
+            _, state = model.ar_step(latents, memory, state)
 
         prefill, decode, depth = TextPrefillGraph(model), TextDecodeGraph(model), cfg.text_depth
         for question in _questions():
@@ -204,7 +204,7 @@ def collect(model, media: str | Path, clips: int, max_samples: int, min_samples:
     if len(decoded) - n_held < 1:
         raise CalibrationError(
             f"calibration media {media}: {len(decoded)} of {len(files)} clips decoded ({len(skipped)} skipped"
-            + (f", first: {skipped[0]}" if skipped else "") + f"); need at least 2 (one to fit, one held out)")
+            + (f", first: {skipped[0]}" if skipped else "") + "); need at least 2 (one to fit, one held out)")
 
     per_split = {}
     for split, part in (("fit", decoded[:-n_held]), ("held_out", decoded[-n_held:])):

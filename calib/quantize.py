@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mirasol_edge.toolkit.export import Parity, compare, onnx_outputs
+from mirasol_edge.toolkit.export import Parity, onnx_outputs, onnx_parity
 
 from .collect import Sample
 
@@ -49,8 +49,6 @@ class Linear:
     node: str  # the MatMul node
     module: str  # e.g. ar.blocks.0.mlp.fc1
     group: str  # e.g. ar.blocks.0
-    weight: str  # initializer name
-    activation: str  # the MatMul's other input
 
 
 def _module_of(node: onnx.NodeProto) -> str:
@@ -83,7 +81,7 @@ def linear_layers(model: onnx.ModelProto) -> list[Linear]:
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[1] in constants:
             module = _module_of(node)
-            found.append(Linear(node.name, module, group_of(module), node.input[1], node.input[0]))
+            found.append(Linear(node.name, module, group_of(module)))
     return found
 
 
@@ -114,12 +112,6 @@ def tile_to_batch(samples: list[Sample], inputs: dict[str, list]) -> list[Sample
             tiled[name] = np.repeat(array, want, axis=0) if isinstance(want, int) and want > 1 else array
         out.append(tiled)
     return out
-
-
-def graph_inputs(path: Path) -> dict[str, list]:
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim]
-            for i in graph.input}
 
 
 def quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], nodes: list[str],
@@ -190,13 +182,6 @@ def _int4_weights(model: onnx.ModelProto, nodes: list[str]):
     return quantizer.model
 
 
-def error_against(reference: list[dict], path: Path, held_out: list[Sample]) -> Parity:
-    """Worst agreement of ``path`` with the fp32 graph's outputs on the held-out samples."""
-    results = [compare(ref, got) for ref, got in zip(reference, onnx_outputs(path, *held_out))]
-    return Parity(max(r.max_abs_error for r in results), max(r.max_rel_error for r in results),
-                  min(r.min_cosine for r in results), min(results, key=lambda r: r.min_cosine).worst_output)
-
-
 @dataclass
 class QuantReport:
     precision: str
@@ -243,7 +228,7 @@ def quantize_component(name: str, src: Path, dst: Path, precision: str, fit: lis
         def trial(quantized: set[str], out: Path) -> Parity:
             nodes = [layer.node for layer in layers if layer.group in quantized]
             quantize_graph(src, out, precision, fit, nodes, ranges, calibrate_method)
-            return error_against(reference, out, held_out)
+            return onnx_parity(out, held_out, reference)
 
         candidates = [g for g in groups if g not in pinned_fp32]
         kept = set(pinned_fp32)
@@ -269,8 +254,8 @@ def quantize_component(name: str, src: Path, dst: Path, precision: str, fit: lis
         report.passed = error.min_cosine >= min_cosine
     if not report.passed:
         raise QuantizationError(
-            f"{name}: {precision} breaks this component: held-out cosine {error.min_cosine:.5f} on "
-            f"{error.worst_output!r} < accuracy.min_quantized_cosine {min_cosine}, even with "
+            f"{name}: {precision} breaks this component: held-out cosine {error.min_cosine:.5f} (largest error on "
+            f"{error.worst_output!r}) < accuracy.min_quantized_cosine {min_cosine}, even with "
             f"{len(kept)} of {len(groups)} layer groups in fp32 ({', '.join(sorted(kept)) or 'none'}); "
             f"pinned to {precision}: {', '.join(sorted(forced)) or 'none'}", report.to_dict())
     return report

@@ -175,14 +175,11 @@ def real_stream_stage(name: str, model: Mirasol, batch: int, values: dict) -> No
             values.update(all_latents=latents, latents=latents[-1], chunks=len(latents) - 1)
         elif name == "ar_step":
             state = values["initial_state"]
-            pos, context = state["pos"], state["context"]
-            keys = [state[f"kv.{i}.key"] for i in range(cfg.ar_depth)]
-            vals = [state[f"kv.{i}.value"] for i in range(cfg.ar_depth)]
             for latents in values["all_latents"][:-1]:
-                _, keys, vals, context, pos = model.ar.step(latents, pos, keys, vals, context)
-            values.update({"past.pos": pos, "pos": pos[:1], "past.context": context, "context": context[:1]})
-            values.update({f"past.{i}.key": keys[i] for i in range(cfg.ar_depth)})
-            values.update({f"past.{i}.value": vals[i] for i in range(cfg.ar_depth)})
+                _, state = model.ar_step(latents, None, state)
+            values.update({"past.pos": state["pos"], "pos": state["pos"][:1], "past.context": state["context"],
+                           "context": state["context"][:1]})
+            values.update({f"past.{k.removeprefix('kv.')}": v for k, v in state.items() if k.startswith("kv.")})
         elif name == "text_prefill":
             tokens = torch.tensor([_question_ids(model)])
             outs = TextPrefillGraph(model)(tokens, values["context"], values["pos"])
@@ -192,16 +189,8 @@ def real_stream_stage(name: str, model: Mirasol, batch: int, values: dict) -> No
                                      "cross_bias": outs[-1]}
 
 
-def real_stream_values(model: Mirasol, batch: int) -> dict:
-    """Every component's real inputs (see ``real_stream_stage``) from a whole model."""
-    values = {"initial_state": model.init_state(batch)}
-    for name in COMPONENTS:
-        real_stream_stage(name, model, batch, values)
-    return values
-
-
 def _streamed_inputs(spec: ComponentSpec, values: dict) -> dict[str, np.ndarray]:
-    """The spec's inputs taken from ``real_stream_values`` (the example where there is none)."""
+    """The spec's inputs taken from ``real_stream_stage``'s values (the example where there is none)."""
     # The AR step's past.{i}.key is the AR cache; text_decode's is the question's own cache.
     own = values["text_decode"] if spec.name == "text_decode" else values
     return {name: (own[name] if own.get(name) is not None else example).numpy()
@@ -389,9 +378,9 @@ def _pins_for(component: str, pins: dict[str, str]) -> dict[str, str]:
 
 
 def _quantize(name: str, fp32_path: Path, onnx_path: Path, recipe: Recipe, calibration, progress: Progress) -> dict:
-    from mirasol_edge.calib.quantize import graph_inputs, quantize_component, tile_to_batch
+    from mirasol_edge.calib.quantize import quantize_component, tile_to_batch
 
-    inputs = graph_inputs(fp32_path)
+    inputs = {i["name"]: i["shape"] for i in _io(fp32_path)["inputs"]}
     report = quantize_component(
         name, fp32_path, onnx_path, recipe.precision.of(name), tile_to_batch(calibration.fit[name], inputs),
         tile_to_batch(calibration.held_out[name], inputs), _pins_for(name, recipe.precision.pin),

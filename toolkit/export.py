@@ -161,14 +161,6 @@ def component_spec(model: Mirasol, name: str, batch: int, state: dict[str, Tenso
     raise ValueError(f"unknown component {name!r}")
 
 
-def component_specs(model: Mirasol, batch: int, example_state: dict[str, Tensor] | None = None) -> list[ComponentSpec]:
-    """The four graphs of a whole model; ``example_state`` (from real pushes) replaces zeros."""
-    from mirasol_edge.runtime.engine_dir import COMPONENTS
-
-    state = example_state or model.init_state(batch)
-    return [component_spec(model, name, batch, state) for name in COMPONENTS]
-
-
 def _dynamic_shapes(spec: ComponentSpec) -> tuple | None:
     if not spec.dynamic:
         return None
@@ -304,9 +296,3 @@ def onnx_parity(path: Path, sets: list[dict[str, np.ndarray]], references: list[
     worst = max(results, key=lambda p: p.max_abs_error)
     return Parity(worst.max_abs_error, max(p.max_rel_error for p in results),
                   min(p.min_cosine for p in results), worst.worst_output)
-
-
-def check_parity(spec: ComponentSpec, path: Path, extra_inputs: list[dict[str, np.ndarray]] = ()) -> Parity:
-    """Worst agreement over the spec's example inputs and any extra input sets."""
-    sets = parity_input_sets(spec, extra_inputs)
-    return onnx_parity(path, sets, [torch_outputs(spec, s) for s in sets])

@@ -105,6 +105,11 @@ class Mirasol(nn.Module):
         if cfg.use_audio:
             self._check("mel chunk", mel, (None, cfg.mel_frames_per_chunk, cfg.n_mels))
         latents, memory = self.chunk_encoder(self._video_float(video), mel, state.get("memory"))
+        return self.ar_step(latents, memory, state)
+
+    def ar_step(self, latents: Tensor, memory: Tensor | None, state: State) -> tuple[Tensor, State]:
+        """The AR step on a chunk's Combiner latents (and the TTM memory it left) -> (outputs, new state)."""
+        cfg = self.cfg
         keys = [state[f"kv.{i}.key"] for i in range(cfg.ar_depth)]
         values = [state[f"kv.{i}.value"] for i in range(cfg.ar_depth)]
         out, keys, values, context, pos = self.ar.step(latents, state["pos"], keys, values, state["context"])

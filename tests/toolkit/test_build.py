@@ -18,14 +18,6 @@ COMPONENTS = ["chunk_encoder", "ar_step", "text_prefill", "text_decode"]
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    Mirasol(MirasolConfig.preset("tiny")).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def cpu_build(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("eng") / "tiny-cpu"
     return out, build(load_recipe("cpu"), out, checkpoint=tiny_checkpoint)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mirasol_edge.toolkit import Mirasol, MirasolConfig
+from mirasol_edge.toolkit import Mirasol
 from mirasol_edge.toolkit import source as source_module
 from mirasol_edge.toolkit.build import build
 from mirasol_edge.toolkit.recipe import load_recipe
@@ -19,27 +19,19 @@ def by_part(monkeypatch):
     monkeypatch.setattr(source_module, "WHOLE_MODEL_BYTES", 0)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(11)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    Mirasol(MirasolConfig.preset("tiny")).save(path)
-    return path
-
-
 def _materialized_parts(model) -> set[str]:
     return {name for name in ("chunk_encoder", "ar", "text")
             if not any(p.is_meta for p in getattr(model, name).parameters())}
 
 
-def test_only_the_asked_part_is_in_memory(by_part, checkpoint):
-    source = load_source(checkpoint, None)
+def test_only_the_asked_part_is_in_memory(by_part, tiny_checkpoint):
+    source = load_source(tiny_checkpoint, None)
     assert source.by_part and _materialized_parts(source.model) == set()
     model = source.materialize("ar_step")
     assert _materialized_parts(model) == {"ar"}
     model = source.materialize("text_prefill")
     assert _materialized_parts(model) == {"text"}, "the AR part went back to meta"
-    whole = Mirasol.load(checkpoint)
+    whole = Mirasol.load(tiny_checkpoint)
     for name, tensor in model.text.state_dict().items():
         torch.testing.assert_close(tensor, whole.text.state_dict()[name], rtol=0, atol=0)
 
@@ -53,11 +45,11 @@ def test_preset_parts_are_reproducible_alone(by_part):
     assert all(torch.equal(text[k], again[k]) for k in text)
 
 
-def test_part_by_part_build_equals_whole_build(by_part, checkpoint, tmp_path, monkeypatch):
-    lazy = build(load_recipe("cpu"), tmp_path / "lazy", checkpoint=checkpoint)
+def test_part_by_part_build_equals_whole_build(by_part, tiny_checkpoint, tmp_path, monkeypatch):
+    lazy = build(load_recipe("cpu"), tmp_path / "lazy", checkpoint=tiny_checkpoint)
     assert lazy["model"]["loaded"] == "part by part"
     monkeypatch.setattr(source_module, "WHOLE_MODEL_BYTES", 2 << 30)
-    whole = build(load_recipe("cpu"), tmp_path / "whole", checkpoint=checkpoint)
+    whole = build(load_recipe("cpu"), tmp_path / "whole", checkpoint=tiny_checkpoint)
     assert "loaded" not in whole["model"]
     assert lazy["state"]["sha256"] == whole["state"]["sha256"], "same initial state (TTM memory)"
     for name, entry in lazy["components"].items():
@@ -75,12 +67,12 @@ def test_part_by_part_build_equals_whole_build(by_part, checkpoint, tmp_path, mo
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_part_by_part_checkpoint_mismatch_names_tensor(by_part, checkpoint, tmp_path):
-    tensors = load_file(checkpoint)
+def test_part_by_part_checkpoint_mismatch_names_tensor(by_part, tiny_checkpoint, tmp_path):
+    tensors = load_file(tiny_checkpoint)
     tensors["ar.input.weight"] = tensors["ar.input.weight"][:, :-1].contiguous()
     from safetensors import safe_open
 
-    with safe_open(str(checkpoint), framework="pt") as f:
+    with safe_open(str(tiny_checkpoint), framework="pt") as f:
         metadata = f.metadata()
     bad = tmp_path / "bad.safetensors"
     save_file(tensors, bad, metadata=metadata)
