@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 
 setup: $(VENV)/.installed
 
@@ -15,10 +15,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0 -e ".[build,trt,dali,bench,dev]"
 	touch $@
 
+# The bundled checkpoint and sample clip ship inside the package (mirasol_edge/assets).
 demo: setup
-	$(BIN)/mirasol-build --recipe cpu --checkpoint models/tiny-synthetic.safetensors --out engines/tiny-synthetic-cpu
-	$(BIN)/mirasol-run samples/sample.mp4 --engines engines/tiny-synthetic-cpu --questions samples/sample.json
-	$(BIN)/mirasol-build --recipe rtx --checkpoint models/tiny-synthetic.safetensors --out engines/tiny-synthetic-rtx
+	$(BIN)/mirasol-build --recipe cpu --out engines/tiny-synthetic-cpu
+	$(BIN)/mirasol-run --sample --engines engines/tiny-synthetic-cpu
+	$(BIN)/mirasol-build --recipe rtx --out engines/tiny-synthetic-rtx
 
-test: setup
+# ruff (lint, import order) and vermin (nothing newer than Python 3.10, JetPack 6's) before the tests.
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/vermin --target=3.10- --violations --no-tips --eval-annotations src tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q

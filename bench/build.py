@@ -33,7 +33,7 @@ CASES = {
 
 def run_case(name: str, args: list[str], workdir: Path) -> dict:
     out = workdir / name
-    cmd = [sys.executable, "-m", "mirasol_edge.toolkit.cli", *args, "--out", str(out), "--json"]
+    cmd = [sys.executable, "-m", "mirasol_edge.cli.build", *args, "--out", str(out), "--json"]
     start = time.perf_counter()
     # Output goes to a file, not a pipe: a child blocked on a full pipe would never exit.
     with tempfile.TemporaryFile("w+") as log:

@@ -13,15 +13,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from mirasol_edge.assets import BUNDLED_CHECKPOINT, SAMPLE_CLIP
+from mirasol_edge.bench.cli import bench
+from mirasol_edge.cli.build import quantization_hooks
 from mirasol_edge.demo.evaluate import evaluate
 from mirasol_edge.runtime import machine
-from mirasol_edge.runtime.bench import bench
 from mirasol_edge.toolkit.build import build
 from mirasol_edge.toolkit.recipe import load_recipe
 
 INT8 = [f"precision.{c}=int8" for c in ("chunk_encoder", "ar_step", "text_prefill", "text_decode")]
 CASES = {
-    "tiny": {"source": {"checkpoint": "models/tiny-synthetic.safetensors"}, "clip": "samples/sample.mp4",
+    "tiny": {"source": {"checkpoint": str(BUNDLED_CHECKPOINT)}, "clip": str(SAMPLE_CLIP),
              "chunks": 300, "eval_clips": 60},
     # Random weights answer nothing right, so the answer check is skipped; 3 chunks per calibration clip.
     "edge": {"source": {"preset": "edge"}, "clip": None, "chunks": 40, "eval_clips": 0},
@@ -34,7 +36,7 @@ def run_case(name: str, case: dict, workdir: Path) -> dict:
     for precision, overrides in (("fp32", []), ("int8", INT8)):
         out = workdir / f"{name}-{precision}"
         start = time.perf_counter()
-        manifest = build(load_recipe("cpu", overrides), out, **case["source"])
+        manifest = build(load_recipe("cpu", overrides), out, **case["source"], **quantization_hooks())
         result["builds"][precision] = {
             "seconds": round(time.perf_counter() - start, 1),
             "engine_mib": {c: round(e["engine_bytes"] / 2**20, 2) for c, e in manifest["components"].items()},

@@ -2,9 +2,10 @@ import os
 
 import pytest
 
+from mirasol_edge.assets import BUNDLED_CHECKPOINT
 from mirasol_edge.toolkit.weights import load_model
 
-BUNDLED = "models/tiny-synthetic.safetensors"
+BUNDLED = BUNDLED_CHECKPOINT
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,11 +6,13 @@ import json
 import onnx
 import pytest
 
+from mirasol_edge.assets import SAMPLE_CLIP, SAMPLE_QUESTIONS
 from mirasol_edge.calib.quantize import QuantizationError
+from mirasol_edge.cli.build import quantization_hooks
 from mirasol_edge.runtime.stream import MirasolStream
-from mirasol_edge.toolkit.build import build, build_engine
-from mirasol_edge.toolkit.engines import Profile
-from mirasol_edge.toolkit.recipe import load_recipe
+from mirasol_edge.toolkit.build import build
+from mirasol_edge.toolkit.engines import Profile, build_engine
+from mirasol_edge.toolkit.recipe import RecipeError, load_recipe
 
 from .conftest import BUNDLED
 
@@ -25,7 +27,7 @@ def _ops(path):
 @pytest.fixture(scope="module")
 def int8_cpu(tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "tiny-int8-cpu"
-    return out, build(load_recipe("cpu", SMALL + ALL_INT8), out, checkpoint=BUNDLED)
+    return out, build(load_recipe("cpu", SMALL + ALL_INT8), out, checkpoint=BUNDLED, **quantization_hooks())
 
 
 def test_int8_cpu_build_answers_like_fp32(int8_cpu):
@@ -47,9 +49,9 @@ def test_int8_engines_answer_the_bundled_sample(int8_cpu):
     out, _ = int8_cpu
     from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
 
-    sample = json.loads(open("samples/sample.json").read())
+    sample = json.loads(SAMPLE_QUESTIONS.read_text())
     with MirasolStream.open(out, backend="onnxruntime") as stream:
-        for chunk in chunks("samples/sample.mp4", ChunkSpec.from_config(stream.engines.dir.config)):
+        for chunk in chunks(SAMPLE_CLIP, ChunkSpec.from_config(stream.engines.dir.config)):
             stream.push(chunk)
         right = sum(stream.ask(qa["question"]).text == qa["answer"] for qa in sample["qa"])
     assert right == len(sample["qa"])
@@ -58,7 +60,7 @@ def test_int8_engines_answer_the_bundled_sample(int8_cpu):
 def test_orin_nano_bundle_is_int8_int4_and_tensorrt_rtx_builds_it(tmp_path):
     pytest.importorskip("tensorrt_rtx")
     out = tmp_path / "orin-nano-bundle"
-    manifest = build(load_recipe("orin-nano", SMALL), out, checkpoint=BUNDLED, stage="export")
+    manifest = build(load_recipe("orin-nano", SMALL), out, checkpoint=BUNDLED, stage="export", **quantization_hooks())
     assert manifest["backend"]["engines_built"] is False
     assert {c: e["precision"] for c, e in manifest["components"].items()} == {
         "chunk_encoder": "int8", "ar_step": "int4", "text_prefill": "int4", "text_decode": "int4"}
@@ -78,5 +80,12 @@ def test_quantization_that_breaks_the_model_fails_and_leaves_nothing(tmp_path):
                                          '"ar.blocks.1" = "int8", "ar.input" = "int8"}',
                                          "accuracy.min_quantized_cosine=0.9999999"])
     with pytest.raises(QuantizationError, match=r"ar_step: int8 breaks this component.*min_quantized_cosine"):
-        build(recipe, tmp_path / "q", checkpoint=BUNDLED)
+        build(recipe, tmp_path / "q", checkpoint=BUNDLED, **quantization_hooks())
     assert not list(tmp_path.iterdir()), "no output, no staging directory"
+
+
+def test_pin_naming_a_group_the_model_lacks_fails_before_work(tmp_path, tiny_checkpoint):
+    recipe = load_recipe("cpu", ["precision.ar_step=int8", 'precision.pin={"ar.blocks.9" = "fp32"}'])
+    with pytest.raises(RecipeError, match=r"precision\.pin\.ar\.blocks\.9: no such layer group.*ar\.blocks\.0"):
+        build(recipe, tmp_path / "q", checkpoint=tiny_checkpoint, **quantization_hooks())
+    assert not (tmp_path / "q").exists()

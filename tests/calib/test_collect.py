@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mirasol_edge.calib.collect import CalibrationError, collect, media_files, synthetic_media
+from mirasol_edge.runtime.components import COMPONENTS
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
-from mirasol_edge.runtime.engine_dir import COMPONENTS
 from mirasol_edge.toolkit.export import component_spec
 
 

@@ -1,22 +1,21 @@
 """The bundled checkpoint really answers: the sample's questions, and fresh held-out clips."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from mirasol_edge.assets import BUNDLED_CHECKPOINT, SAMPLE_CLIP, SAMPLE_QUESTIONS
+from mirasol_edge.cli.run import main as mirasol_run
 from mirasol_edge.demo.dataset import decode_clips
-from mirasol_edge.runtime.cli import main as mirasol_run
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, ShortSource, chunks
 from mirasol_edge.runtime.stream import MirasolStream
 from mirasol_edge.toolkit import Mirasol
 from mirasol_edge.toolkit.train import streaming_accuracy
 
-ROOT = Path(__file__).parents[2]
-CHECKPOINT = ROOT / "models" / "tiny-synthetic.safetensors"
-SAMPLE = json.loads((ROOT / "samples" / "sample.json").read_text())
+CHECKPOINT = BUNDLED_CHECKPOINT
+SAMPLE = json.loads(SAMPLE_QUESTIONS.read_text())
 FRESH_SEED = 30_000_000  # neither training (0..) nor the recorded held-out set (10,000,000..)
 
 
@@ -30,7 +29,7 @@ def sample_state(model):
     spec = ChunkSpec.from_config(model.cfg)
     state = model.init_state(1)
     with torch.no_grad():
-        for chunk in chunks(ROOT / "samples" / SAMPLE["clip"], spec):
+        for chunk in chunks(SAMPLE_CLIP, spec):
             _, state = model.encode_chunk(torch.from_numpy(chunk.frames)[None], torch.from_numpy(chunk.mel)[None],
                                           state)
     return state
@@ -59,22 +58,23 @@ def test_mirasol_run_on_the_sample_through_engines(tmp_path):
 
     engines = tmp_path / "engines"
     build(load_recipe("cpu"), engines, checkpoint=CHECKPOINT)
-    result = CliRunner().invoke(mirasol_run, [str(ROOT / "samples" / SAMPLE["clip"]), "--engines", str(engines),
-                                              "--questions", str(ROOT / "samples" / "sample.json"), "--json"])
+    result = CliRunner().invoke(mirasol_run, [str(SAMPLE_CLIP), "--engines", str(engines),
+                                              "--questions", str(SAMPLE_QUESTIONS), "--json"])
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     answers = [e for e in events if e["event"] == "answer"]
     assert len(answers) == len(SAMPLE["qa"]) and all(a["correct"] for a in answers), answers
     assert events[-1]["correct"] == f"{len(SAMPLE['qa'])}/{len(SAMPLE['qa'])}"
     with MirasolStream.open(engines, backend="torch") as reference:  # the same answers from PyTorch
-        for chunk in chunks(ROOT / "samples" / SAMPLE["clip"], ChunkSpec.from_config(reference.engines.dir.config)):
+        for chunk in chunks(SAMPLE_CLIP, ChunkSpec.from_config(reference.engines.dir.config)):
             reference.push(chunk)
         assert [reference.ask(a["question"]).text for a in answers] == [a["answer"] for a in answers]
 
 
 def test_a_clip_shorter_than_a_chunk(tmp_path, model):
-    from mirasol_edge.demo.synthetic import sample_facts, write_clip
     import av
+
+    from mirasol_edge.demo.synthetic import sample_facts, write_clip
 
     whole = write_clip(sample_facts(5), tmp_path / "whole.mp4")
     short = tmp_path / "short.mkv"

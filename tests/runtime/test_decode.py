@@ -5,14 +5,21 @@ import pytest
 import torch
 
 from mirasol_edge.runtime.decode.chunks import (
-    AbsurdDimensions, ChunkSpec, EmptySource, Flags, NoVideoStream, NotMedia, ShortSource, TruncatedMedia,
-    UnsupportedCodec, chunks,
+    AbsurdDimensions,
+    ChunkSpec,
+    EmptySource,
+    Flags,
+    NotMedia,
+    NoVideoStream,
+    ShortSource,
+    TruncatedMedia,
+    UnsupportedCodec,
+    chunks,
 )
 from mirasol_edge.runtime.decode.mel import log_mel as numpy_log_mel
 from mirasol_edge.toolkit import MirasolConfig
 from mirasol_edge.toolkit.audio import log_mel as torch_log_mel
-
-from .media import frame_index, write_clip
+from tests.media import frame_index, write_clip
 
 SPEC = ChunkSpec.from_config(MirasolConfig.preset("tiny"))  # 4 fps, 4 frames/chunk, 32x32, 16 kHz
 

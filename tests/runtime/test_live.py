@@ -13,8 +13,7 @@ import pytest
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
 from mirasol_edge.runtime.decode.live import LiveSource, SourceLost, SourceTimeout
 from mirasol_edge.toolkit import MirasolConfig
-
-from .media import frame_index, write_clip
+from tests.media import frame_index, write_clip
 
 SPEC = ChunkSpec.from_config(MirasolConfig.preset("tiny"))
 

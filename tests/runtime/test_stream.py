@@ -11,7 +11,8 @@ import torch
 
 from mirasol_edge.runtime.backends import BackendError
 from mirasol_edge.runtime.manifest import ManifestError
-from mirasol_edge.runtime.stream import ChunkShapeError, MirasolEngines, MirasolStream, RawChunk, SnapshotError
+from mirasol_edge.runtime.snapshot import SnapshotError
+from mirasol_edge.runtime.stream import ChunkShapeError, MirasolEngines, MirasolStream, RawChunk
 from mirasol_edge.toolkit import Mirasol
 
 QUESTION = "what colour?"
@@ -29,8 +30,8 @@ def push_all(stream, n, seed=0):
     return [stream.push(frames=f, mel=m) for f, m in random_chunks(stream.engines, n, seed)]
 
 
-def test_outputs_match_the_model_run_offline(tiny_engines, tiny_checkpoint):
-    model = Mirasol.load(tiny_checkpoint)
+def test_outputs_match_the_model_run_offline(tiny_engines, lively_checkpoint):
+    model = Mirasol.load(lively_checkpoint)
     with MirasolStream.open(tiny_engines) as stream:
         assert stream.engines.backend.name == "onnxruntime"
         chunks = list(random_chunks(stream.engines, 11))  # longer than the window W = 8
@@ -196,12 +197,12 @@ def test_push_and_ask_from_two_threads(tiny_engines):
         assert tokens == expected[k], f"answer after {k} chunks"
 
 
-def test_batched_streams_keep_their_own_state(tmp_path, tiny_checkpoint, tiny_engines):
+def test_batched_streams_keep_their_own_state(tmp_path, lively_checkpoint, tiny_engines):
     from mirasol_edge.toolkit.build import build
     from mirasol_edge.toolkit.recipe import load_recipe
 
     batch2 = tmp_path / "batch2"
-    build(load_recipe("cpu", ["build.batch=2"]), batch2, checkpoint=tiny_checkpoint)
+    build(load_recipe("cpu", ["build.batch=2"]), batch2, checkpoint=lively_checkpoint)
     engines = MirasolEngines(batch2)
     a, b, c = engines.stream(), engines.stream(), engines.stream()
     chunks_a = list(random_chunks(engines, 4, seed=1))

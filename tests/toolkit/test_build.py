@@ -8,10 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mirasol_edge.runtime.manifest import sha256_file
+from mirasol_edge.runtime.files import sha256_file
 from mirasol_edge.toolkit import Mirasol, MirasolConfig
-from mirasol_edge.toolkit.build import OutputDirError, ParityError, build
+from mirasol_edge.toolkit.build import ParityError, build
 from mirasol_edge.toolkit.engines import EngineBuildError, build_tensorrt
+from mirasol_edge.toolkit.preflight import OutputDirError
 from mirasol_edge.toolkit.recipe import RecipeError, load_recipe
 
 COMPONENTS = ["chunk_encoder", "ar_step", "text_prefill", "text_decode"]
@@ -97,7 +98,7 @@ def test_bundle_then_engine_on_device(tmp_path, tiny_checkpoint):
     manifest = build(load_recipe("rtx"), bundle, checkpoint=tiny_checkpoint, stage="export")
     assert all(c["engine"] is None for c in manifest["components"].values())
     assert not list(bundle.glob("*.plan"))
-    from mirasol_edge.toolkit.build import build_engines_from_bundle
+    from mirasol_edge.toolkit.engines import build_engines_from_bundle
 
     done = build_engines_from_bundle(bundle)
     assert all((bundle / c["engine"]).is_file() for c in done["components"].values())
@@ -113,9 +114,9 @@ def test_failed_parity_leaves_nothing_behind(tmp_path, tiny_checkpoint):
     assert not list(tmp_path.glob(".*"))
 
 
-def test_pin_naming_a_group_the_model_lacks_fails_before_work(tmp_path, tiny_checkpoint):
-    recipe = load_recipe("cpu", ["precision.ar_step=int8", 'precision.pin={"ar.blocks.9" = "fp32"}'])
-    with pytest.raises(RecipeError, match=r"precision\.pin\.ar\.blocks\.9: no such layer group.*ar\.blocks\.0"):
+def test_a_quantized_recipe_without_a_quantizer_is_refused_before_work(tmp_path, tiny_checkpoint):
+    recipe = load_recipe("cpu", ["precision.ar_step=int8"])
+    with pytest.raises(RecipeError, match=r"precision\.ar_step = 'int8' needs calibration: pass quantizer="):
         build(recipe, tmp_path / "q", checkpoint=tiny_checkpoint)
     assert not (tmp_path / "q").exists()
 
@@ -154,7 +155,7 @@ def test_op_the_backend_cannot_take_names_node_and_op(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "mirasol_edge.toolkit.cli", *args],
+    return subprocess.run([sys.executable, "-m", "mirasol_edge.cli.build", *args],
                           capture_output=True, text=True, timeout=300)
 
 

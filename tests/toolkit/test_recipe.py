@@ -22,20 +22,31 @@ def cpu_text():
     return (RECIPES_DIR / "cpu.toml").read_text()
 
 
+def test_recipes_state_only_what_differs_from_the_defaults(tmp_path):
+    path = write(tmp_path, cpu_text() + "\n[build]\nbatch = 3\n")
+    recipe = load_recipe(path)
+    assert recipe.build.batch == 3 and recipe.build.workspace_mib == load_recipe("cpu").build.workspace_mib
+    defaults = set((RECIPES_DIR / "defaults.toml").read_text().splitlines()) - {""}
+    for name in BUNDLED:  # no bundled recipe repeats a default value
+        repeated = [line for line in (RECIPES_DIR / f"{name}.toml").read_text().splitlines()
+                    if line in defaults and not line.startswith(("[", "#"))]
+        assert not repeated, (name, repeated)
+
+
 def test_unknown_key_names_key_and_file(tmp_path):
-    path = write(tmp_path, cpu_text().replace("batch = 1", "batch = 1\nbatchh = 2"))
+    path = write(tmp_path, cpu_text() + "\n[build]\nbatchh = 2\n")
     with pytest.raises(RecipeError, match=r"r\.toml: build\.batchh: unknown key"):
         load_recipe(path)
 
 
 def test_missing_key_is_named(tmp_path):
-    path = write(tmp_path, cpu_text().replace("workspace_mib = 1024\n", ""))
-    with pytest.raises(RecipeError, match=r"r\.toml: build\.workspace_mib: missing key"):
+    path = write(tmp_path, cpu_text().replace('name = "cpu"\n', ""))
+    with pytest.raises(RecipeError, match=r"r\.toml: target\.name: missing key"):
         load_recipe(path)
 
 
 def test_bad_value_type_is_named(tmp_path):
-    path = write(tmp_path, cpu_text().replace("batch = 1", 'batch = "one"'))
+    path = write(tmp_path, cpu_text() + '\n[build]\nbatch = "one"\n')
     with pytest.raises(RecipeError, match=r"build\.batch: expected int, got str"):
         load_recipe(path)
 
@@ -82,7 +93,7 @@ def test_dla_is_allowed_on_agx_orin():
 
 def test_overrides_take_toml_values_and_refuse_unknown_keys():
     assert load_recipe("h100", ["build.batch=4"]).build.batch == 4
-    with pytest.raises(RecipeError, match="has no key build.bach"):
+    with pytest.raises(RecipeError, match="a recipe has no key build.bach"):
         load_recipe("h100", ["build.bach=4"])
     with pytest.raises(RecipeError, match="expected section.key=value"):
         load_recipe("h100", ["batch"])

@@ -85,7 +85,7 @@ def test_part_by_part_checkpoint_mismatch_names_tensor(by_part, tiny_checkpoint,
 
 
 def test_mirasol3b_is_built_part_by_part_and_sized_before_work():
-    from mirasol_edge.toolkit.build import check_host_memory, estimated_host_memory_mib
+    from mirasol_edge.toolkit.preflight import check_host_memory, estimated_host_memory_mib
     from mirasol_edge.toolkit.recipe import RecipeError
 
     source = load_source(None, "mirasol3b")

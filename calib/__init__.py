@@ -1,1 +1,0 @@
-"""Calibration data from real media and explicit quantization."""

@@ -1,0 +1,219 @@
+"""``mirasol-run``: stream a file, camera or URL through built engines and answer questions.
+
+Exit codes: 0 done; 2 bad usage, engines or backend; 3 the source cannot be decoded;
+4 a snapshot problem; 130 interrupted (a ``--snapshot`` is still written).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mirasol_edge.assets import SAMPLE_CLIP, SAMPLE_QUESTIONS
+from mirasol_edge.bench.stats import stats
+from mirasol_edge.cli.common import err, fail
+from mirasol_edge.runtime.decode.chunks import LIVE_PREFIXES
+
+
+def _expected_chunks(source: str, chunk_seconds: float) -> int | None:
+    """For files, how many chunks to expect (for the progress bar); None for live sources."""
+    from mirasol_edge.runtime.decode.chunks import DecodeError, open_media
+
+    if source.startswith(LIVE_PREFIXES):
+        return None
+    try:
+        container = open_media(source)
+    except DecodeError:
+        return None  # the decode loop reports the error properly
+    try:
+        return int(np.ceil(container.duration / 1e6 / chunk_seconds)) if container.duration else None
+    finally:
+        container.close()
+
+
+def _load_questions(path: str) -> dict[str, str]:
+    """question -> expected answer, from {"qa": [{"question", "answer"}]} or a bare list of those."""
+    try:
+        data = json.loads(open(path).read())
+        items = data["qa"] if isinstance(data, dict) else data
+        return {item["question"]: item["answer"] for item in items}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise click.UsageError(f"{path}: expected {{\"qa\": [{{\"question\": ..., \"answer\": ...}}]}} ({exc})") from None
+
+
+class Reporter:
+    """Per-chunk lines, answers and the final summary, as rich text or JSON lines."""
+
+    def __init__(self, as_json: bool, total: int | None) -> None:
+        self.as_json = as_json
+        self.console = Console()
+        self.progress = None
+        if not as_json and total:
+            self.progress = Progress(TextColumn("[bold]streaming"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
+            self.task = self.progress.add_task("chunks", total=total)
+            self.progress.start()
+
+    def chunk(self, result, decode_ms: float) -> None:
+        t = result.timings
+        if self.as_json:
+            click.echo(json.dumps({"event": "chunk", "index": result.index, "t0": result.t0, "t1": result.t1,
+                                   "flags": result.flags, "decode_ms": round(decode_ms, 3),
+                                   "encode_ms": round(t.encode_ms, 3), "ar_ms": round(t.ar_ms, 3),
+                                   "push_ms": round(t.total_ms, 3)}))
+            return
+        line = (f"chunk {result.index:5d}  [{result.t0:7.2f}s, {result.t1:7.2f}s)  decode {decode_ms:7.2f} ms  "
+                f"push {t.total_ms:7.2f} ms (encode {t.encode_ms:.2f}, AR {t.ar_ms:.2f})")
+        if result.flags & 1:
+            line += "  (padded: the source ended mid-chunk)"
+        self.console.print(line, highlight=False)
+        if self.progress:
+            self.progress.advance(self.task)
+
+    def answer(self, question: str, answer, expected: str | None = None) -> None:
+        if self.as_json:
+            event = {"event": "answer", "question": question, "answer": answer.text,
+                     "chunks_seen": answer.chunks_seen, "truncated": answer.truncated,
+                     "first_token_ms": round(answer.first_token_ms, 3), "total_ms": round(answer.total_ms, 3),
+                     "tokens": len(answer.tokens)}
+            if expected is not None:
+                event.update(expected=expected, correct=answer.text == expected)
+            click.echo(json.dumps(event))
+            return
+        check = ""
+        if expected is not None:
+            check = ("  [green]✓[/]" if answer.text == expected else "  [red]✗[/]") + f" expected {expected!r}"
+        self.console.print(f"[bold cyan]Q[/] (after {answer.chunks_seen} chunks) {question}\n[bold green]A[/] "
+                           f"{answer.text!r}{check}   [dim]first token {answer.first_token_ms:.1f} ms, "
+                           f"{len(answer.tokens)} tokens in {answer.total_ms:.1f} ms[/]", highlight=False)
+
+    def summary(self, summary: dict) -> None:
+        if self.progress:
+            self.progress.stop()
+        if self.as_json:
+            click.echo(json.dumps({"event": "summary", **summary}))
+            return
+        push, dec = summary["push_ms"] or {}, summary["decode_ms"] or {}
+        self.console.print(
+            f"[bold]{summary['chunks']} chunks[/] ({summary['media_seconds']:.1f} s of media) in "
+            f"{summary['wall_seconds']:.2f} s: {summary['realtime_factor']:.1f}x real time on "
+            f"{summary['backend']['backend']} ({summary['backend']['device']})\n"
+            f"push ms  p50 {push.get('p50', 0):.2f}  p99 {push.get('p99', 0):.2f}  max {push.get('max', 0):.2f}   "
+            f"decode ms  p50 {dec.get('p50', 0):.2f}  p99 {dec.get('p99', 0):.2f}"
+            + (f"\n[bold]{summary['correct']} answers as expected[/]" if summary["correct"] else "")
+            + (f"\ndropped {summary['dropped']} chunks, {summary['reconnects']} reconnects"
+               if summary["dropped"] or summary["reconnects"] else ""), highlight=False)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", required=False)
+@click.option("--engines", "-e", "engine_dir", required=True, type=click.Path(file_okay=False),
+              help="an engine directory built by mirasol-build")
+@click.option("--ask", "-a", "questions", multiple=True, help="a question; repeat for several")
+@click.option("--questions", "questions_file", type=click.Path(dir_okay=False, exists=True),
+              help="a JSON file of questions with expected answers ({\"qa\": [{\"question\", \"answer\"}]}, as "
+                   "the bundled sample); asked at the end, answers shown beside the expected ones")
+@click.option("--sample", is_flag=True, help="stream the bundled sample clip and ask its questions")
+@click.option("--ask-every", type=click.IntRange(min=1), help="also ask every N chunks (default: at the end only)")
+@click.option("--backend", "-b", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch"]),
+              default="auto", show_default=True, help="auto runs the engines the manifest names")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto")
+@click.option("--max-chunks", type=click.IntRange(min=1), help="stop after this many chunks")
+@click.option("--last", type=click.Choice(["pad", "drop"]), default="pad", show_default=True,
+              help="the last partial chunk: pad it (flagged) or drop it")
+@click.option("--drop", type=click.Choice(["oldest", "newest", "none"]),
+              help="live sources, when the model falls behind: drop the oldest waiting chunk (default), "
+                   "the newest, or none (the decoder waits; the default for files)")
+@click.option("--reconnects", type=click.IntRange(min=0), default=3, show_default=True,
+              help="live sources: reopen a failed source this many times in a row before giving up")
+@click.option("--restore", type=click.Path(dir_okay=False), help="start from a snapshot of an earlier run")
+@click.option("--snapshot", type=click.Path(dir_okay=False), help="write the state here at the end")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts: chunk, answer and summary events")
+def main(source, engine_dir, questions, questions_file, sample, ask_every, backend, device, max_chunks, last, drop,
+         reconnects, restore, snapshot, as_json):
+    """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
+    ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
+
+    \b
+    mirasol-run --sample --engines engines/tiny-cpu          # the bundled clip and its questions
+    mirasol-run clip.mp4 --engines engines/tiny-cpu --ask "what colour is the square?"
+    mirasol-run rtsp://cam/stream -e engines/rtx -a "is anyone there?" --ask-every 30 --json
+    """
+    from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
+    from mirasol_edge.runtime.decode.live import LiveSource
+    from mirasol_edge.runtime.stream import MirasolStream
+
+    stream = None
+    try:
+        if sample:
+            source, questions_file = source or str(SAMPLE_CLIP), questions_file or str(SAMPLE_QUESTIONS)
+        if source is None:
+            raise click.UsageError("give a SOURCE (a file, /dev/videoN, an rtsp:// or http:// URL) or --sample")
+        expected = _load_questions(questions_file) if questions_file else {}
+        questions = list(questions) + [q for q in expected if q not in questions]
+        if ask_every and not questions:
+            raise click.UsageError("--ask-every needs at least one --ask")
+        stream = (MirasolStream.restore(restore, engine_dir, backend, device) if restore
+                  else MirasolStream.open(engine_dir, backend, device))
+        spec = ChunkSpec.from_config(stream.engines.dir.config)
+        reporter = Reporter(as_json, None if max_chunks else _expected_chunks(source, spec.chunk_seconds))
+        push_ms, decode_ms, media = [], [], 0.0
+        start = time.perf_counter()
+        tick = start
+        live = None
+        if source.startswith(LIVE_PREFIXES) or drop not in (None, "none"):
+            live = LiveSource(source, spec, drop=drop or "oldest", max_reconnects=reconnects, last=last,
+                              reconnect_on_end=source.startswith(LIVE_PREFIXES))
+        for chunk in live if live is not None else chunks(source, spec, last=last):
+            got = time.perf_counter()
+            result = stream.push(chunk)
+            decode_ms.append((got - tick) * 1e3)
+            push_ms.append(result.timings.total_ms)
+            media += chunk.t1 - chunk.t0
+            reporter.chunk(result, decode_ms[-1])
+            if ask_every and stream.chunks_seen % ask_every == 0:
+                for q in questions:
+                    reporter.answer(q, stream.ask(q))
+            if max_chunks and len(push_ms) >= max_chunks:
+                break
+            tick = time.perf_counter()
+        wall = time.perf_counter() - start
+        correct = 0
+        for q in questions:
+            answer = stream.ask(q)
+            correct += q in expected and answer.text == expected[q]
+            reporter.answer(q, answer, expected.get(q))
+        if snapshot:
+            stream.snapshot(snapshot)
+        reporter.summary({"source": source, "engines": engine_dir, "chunks": len(push_ms),
+                          "media_seconds": round(media, 3), "wall_seconds": round(wall, 3),
+                          "realtime_factor": round(media / wall, 2) if wall else None,
+                          "push_ms": stats(push_ms), "decode_ms": stats(decode_ms),
+                          "backend": stream.engines.backend.describe(), "snapshot": snapshot,
+                          "correct": f"{correct}/{len(expected)}" if expected else None,
+                          "dropped": live.stats.dropped if live else 0,
+                          "reconnects": live.stats.reconnects if live else 0})
+        if live is not None:
+            live.close()
+    except click.UsageError:
+        raise
+    except KeyboardInterrupt:
+        if stream is not None and snapshot:
+            stream.snapshot(snapshot)
+        err.print("interrupted" + (f"; state saved to {snapshot}" if snapshot else ""))
+        sys.exit(130)
+    except Exception as exc:
+        fail("mirasol-run", exc)
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``mirasol-eval``: answer accuracy per question type for an engine directory, on held-out clips.
+
+Each clip is generated (seeded), encoded with PyAV, decoded with the automatic decoder,
+streamed chunk by chunk through ``MirasolStream`` and asked every question, so fp32
+PyTorch, ONNX Runtime and quantized engines are compared on answers, not tensor error.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
+from mirasol_edge.runtime.stream import MirasolEngines
+
+from .synthetic import HELDOUT_SEED, QUESTIONS, make_clip
+
+
+def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str = "auto",
+             device: str = "auto", progress=lambda i: None) -> dict:
+    """``engine_dir`` may name its backend: ``engines/cpu@torch`` (as mirasol-bench takes it)."""
+    from mirasol_edge.runtime.backends import split_backend
+
+    engine_dir, backend = split_backend(str(engine_dir), backend)
+    engines = MirasolEngines(engine_dir, backend, device)
+    spec = ChunkSpec.from_config(engines.dir.config)
+    right = {kind: 0 for kind in QUESTIONS}
+    push_ms, answer_ms, decoders = [], [], set()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mirasol-eval-") as tmp:
+            for i in range(clips):
+                path, facts = make_clip(seed + i, tmp)
+                stream = engines.stream()
+                for chunk in chunks(path, spec):
+                    push_ms.append(stream.push(chunk).timings.total_ms)
+                    decoders.add(chunk.decoder)
+                expected = facts.answers()
+                for kind, question in QUESTIONS.items():
+                    answer = stream.ask(question)
+                    answer_ms.append(answer.total_ms)
+                    right[kind] += answer.text == expected[kind]
+                path.unlink()
+                progress(i + 1)
+    finally:
+        engines.close()
+    return {"engines": f"{engine_dir}@{engines.backend.name}", "backend": engines.backend.describe(), "clips": clips,
+            "seed": seed,
+            "decoders": sorted(decoders),
+            "exact_match": sum(right.values()) / (clips * len(QUESTIONS)),
+            "per_type": {k: v / clips for k, v in right.items()},
+            "push_ms_p50": round(float(np.median(push_ms)), 3), "answer_ms_p50": round(float(np.median(answer_ms)), 3)}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--engines", "-e", "engine_dirs", multiple=True, required=True, metavar="DIR[@BACKEND]",
+              help="engine directory, optionally @torch / @onnxruntime ...; repeat to compare several")
+@click.option("--clips", type=click.IntRange(min=1), default=50, show_default=True, help="held-out clips")
+@click.option("--seed", type=int, default=HELDOUT_SEED, show_default=True, help="seed of the first clip")
+@click.option("--backend", "-b", default="auto", show_default=True,
+              type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch"]))
+@click.option("--json", "as_json", is_flag=True, help="print a JSON report")
+def main(engine_dirs, clips, seed, backend, as_json):
+    """Accuracy per question type of the synthetic audio-video QA task, answered through the runtime."""
+    from mirasol_edge.cli.common import err, fail
+
+    reports = []
+    try:
+        for engine_dir in engine_dirs:
+            start = time.perf_counter()
+            report = evaluate(engine_dir, clips, seed, backend,
+                              progress=lambda i, d=engine_dir: err.print(f"\r{d}: {i}/{clips} clips", end=""))
+            report["seconds"] = round(time.perf_counter() - start, 1)
+            err.print()
+            reports.append(report)
+    except Exception as exc:
+        fail("mirasol-eval", exc)
+    if as_json:
+        click.echo(json.dumps(reports, indent=1))
+        return
+    table = Table(title=f"exact match on {clips} held-out clips (seeds {seed}..{seed + clips - 1})")
+    table.add_column("engines")
+    table.add_column("backend")
+    for kind in QUESTIONS:
+        table.add_column(kind, justify="right")
+    table.add_column("all", justify="right")
+    for r in reports:
+        table.add_row(r["engines"], r["backend"]["backend"], *(f"{r['per_type'][k]:.0%}" for k in QUESTIONS),
+                      f"{r['exact_match']:.1%}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Backends behind one small interface: TensorRT / TensorRT-RTX, ONNX Runtime, PyTorch (the reference)."""
+
+from __future__ import annotations
+
+from ..engine_dir import EngineDir
+from .base import Backend, BackendError, Runner
+
+NAMES = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
+
+
+def open_engines(path, backend: str = "auto") -> EngineDir:
+    """Open and verify the files ``backend`` will read: its engines, or the ONNX graphs."""
+    if backend not in NAMES:
+        raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(NAMES)}")
+    engines = EngineDir.open(path, use_onnx=False) if backend in ("auto", "tensorrt", "tensorrt-rtx") else None
+    if engines is None:
+        probe = EngineDir.open(path, use_onnx=True)
+        # ONNX Runtime runs its own optimized engines when the build made them, else the plain ONNX.
+        native = backend == "onnxruntime" and probe.backend == "onnxruntime" and probe.manifest.backend.engines_built
+        engines = EngineDir.open(path) if native else probe
+    return engines
+
+
+def split_backend(spec: str, default: str) -> tuple[str, str]:
+    """``DIR@backend`` runs DIR on that backend (``engines/cpu@torch``); plain ``DIR`` on ``default``."""
+    path, _, backend = spec.rpartition("@")
+    if path and backend in NAMES:
+        return path, backend
+    return spec, default
+
+
+def _plugins() -> dict:
+    """Backends other packages provide (the toolkit's PyTorch reference: ``torch``), found by
+    entry point so the runtime imports none of them."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="mirasol_edge.backends")}
+
+
+def create_backend(engines: EngineDir, backend: str = "auto", device: str = "auto", **options) -> Backend:
+    name = engines.backend if backend == "auto" else backend
+    if name in ("tensorrt", "tensorrt-rtx"):
+        if name != engines.backend:
+            raise BackendError(f"{engines.path}: built for {engines.backend}; {name} cannot run these engines")
+        from .trt_backend import TrtBackend
+
+        return TrtBackend(engines, device)
+    if name == "onnxruntime":
+        from .ort_backend import OrtBackend
+
+        return OrtBackend(engines, device, **options)
+    plugin = _plugins().get(name)
+    if plugin is not None:
+        try:
+            factory = plugin.load()
+        except ImportError as exc:
+            raise BackendError(f"backend {name!r} cannot load here ({exc}); for 'torch' install "
+                               "mirasol-edge[build]") from None
+        return factory(engines, device, **options)
+    if name == "torch":
+        raise BackendError("backend 'torch' is the PyTorch reference: install mirasol-edge[build] (torch) for it")
+    raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(NAMES)}")
+
+
+__all__ = ["Backend", "BackendError", "Runner", "create_backend", "open_engines", "split_backend"]

@@ -1,0 +1,77 @@
+"""The one small interface every backend implements (in the manner of Polygraphy's runners).
+
+A backend runs a component by name on named inputs and returns named outputs. Inputs and
+outputs are the backend's own device arrays (an ``OrtValue``, a ``torch.Tensor``, a
+TensorRT device buffer), so the stream state passes from one step to the next without
+a trip through the host. Only ``upload`` and ``download`` cross the host boundary.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from mirasol_edge.errors import MirasolError
+
+DeviceArray = Any
+
+
+class BackendError(MirasolError, RuntimeError):
+    """A backend cannot open or run these engines here; the message says what it expected and found."""
+
+    exit_code = 2
+
+
+class Runner(ABC):
+    """One component, ready to run. Stateful components get one runner per stream.
+
+    ``run`` checks the feeds for every backend, as Polygraphy's base runner does; a backend
+    implements ``_run`` and sets ``name`` and ``input_names``.
+    """
+
+    name: str
+    input_names: list[str]
+
+    def run(self, feeds: dict[str, DeviceArray]) -> dict[str, DeviceArray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise BackendError(f"{self.name}: input {missing[0]!r} not given ({len(missing)} missing; "
+                               f"it takes {', '.join(self.input_names)})")
+        return self._run(feeds)
+
+    @abstractmethod
+    def _run(self, feeds: dict[str, DeviceArray]) -> dict[str, DeviceArray]: ...
+
+
+class Backend(ABC):
+    name: str
+    device: str
+
+    @abstractmethod
+    def runner(self, component: str) -> Runner:
+        """A runner for the component; the backend decides what runners share."""
+
+    @abstractmethod
+    def upload(self, array: np.ndarray, into: DeviceArray | None = None) -> DeviceArray:
+        """Host -> device; ``into`` is a previous upload the backend may reuse (fixed addresses)."""
+
+    @abstractmethod
+    def download(self, value: DeviceArray) -> np.ndarray: ...
+
+    def stack(self, values: list[DeviceArray], batch: int) -> DeviceArray:
+        """Batch-1 arrays -> one array of ``batch`` rows (zero rows pad the rest)."""
+        host = [self.download(v) for v in values]
+        pad = [np.zeros_like(host[0])] * (batch - len(host))
+        return self.upload(np.concatenate(host + pad))
+
+    def unstack(self, value: DeviceArray, count: int) -> list[DeviceArray]:
+        host = self.download(value)
+        return [self.upload(np.ascontiguousarray(host[i : i + 1])) for i in range(count)]
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device}
+
+    def close(self) -> None:  # noqa: B027 - a backend that holds nothing has nothing to release
+        """Release device memory; the backend is unusable afterwards."""

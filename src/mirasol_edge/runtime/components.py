@@ -1,0 +1,142 @@
+"""The I/O contract of the four components: one small spec each, in the manner of optimum's
+export configs. Export, the build, calibration, every backend and the stream read it here.
+
+Names (state travels as ``past.X`` in, ``present.X`` out)::
+
+  chunk_encoder  video [B,F,H,W,3] f32, mel [B,T,n_mels] f32, past.memory [B,M,Dc]
+                 -> latents [B,m,Dc], present.memory
+  ar_step        latents [B,m,Dc], past.pos [B] i64, past.{i}.key/.value [B,H,W*m,dh], past.context [B,W*m,Dar]
+                 -> outputs [B,m,Dar], present.pos, present.{i}.key/.value, present.context
+  text_prefill   tokens [1,prompt_len] i64, context [1,W*m,Dar], pos [1] i64
+                 -> logits [1,V], present.{i}.key/.value [1,Ht,prompt_len,dt],
+                    cross.{i}.key/.value [1,Ht,1+W*m,dt], cross_bias [1,1,1,1+W*m]
+  text_decode    token [1,1] i64, past.{i}.key/.value [1,Ht,past_len,dt], cross.*, cross_bias
+                 -> logits [1,V], present.{i}.key/.value [1,Ht,past_len+1,dt]
+
+A stream's state is named ``memory``, ``pos``, ``kv.{i}.key``/``kv.{i}.value`` and ``context``;
+``state_input``/``state_output`` give the tensor names it travels under.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import MirasolConfig
+
+COMPONENTS = ("chunk_encoder", "ar_step", "text_prefill", "text_decode")
+PROMPT_LEN, PAST_LEN = "prompt_len", "past_len"  # the two named dynamic axes
+
+
+def state_input(state: str) -> str:
+    """State ``kv.3.key`` travels into a graph as ``past.3.key``; ``memory`` as ``past.memory``."""
+    return "past." + state.removeprefix("kv.")
+
+
+def state_output(state: str) -> str:
+    return "present." + state.removeprefix("kv.")
+
+
+def kv_names(prefix: str, depth: int) -> list[str]:
+    return [f"{prefix}.{i}.{part}" for i in range(depth) for part in ("key", "value")]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy name: float32, int64
+    shape: tuple[int | str, ...]  # a str is a named dynamic axis
+
+    def example(self, rng: np.random.Generator, dims: dict[str, int]) -> np.ndarray:
+        shape = tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+        if self.dtype == "int64":
+            return np.zeros(shape, np.int64)
+        return rng.standard_normal(shape).astype(self.dtype)
+
+
+@dataclass(frozen=True)
+class ComponentContract:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # named dynamic axis -> (min, max): the engines' optimization profiles come from these
+    dynamic: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # stream state carried by this component: state name -> (input, output)
+    state: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def dummy_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Inputs of the right names, dtypes and shapes (dynamic axes at their maximum)."""
+        rng = np.random.default_rng(seed)
+        dims = {d: hi for d, (_, hi) in self.dynamic.items()}
+        return {t.name: t.example(rng, dims) for t in self.inputs}
+
+    def missing_feeds(self, feeds) -> list[str]:
+        return [n for n in self.input_names if n not in feeds]
+
+
+def _t(name: str, shape: tuple, dtype: str = "float32") -> TensorSpec:
+    return TensorSpec(name, dtype, tuple(shape))
+
+
+def state_shapes(cfg: MirasolConfig, batch: int = 1) -> dict[str, tuple[tuple[int, ...], str]]:
+    """A stream's state: name -> (shape, dtype), in the order the AR step takes it."""
+    ring = cfg.window_chunks * cfg.latents_per_chunk
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {"pos": ((batch,), "int64")}
+    if cfg.combiner == "ttm":
+        shapes["memory"] = ((batch, cfg.ttm_memory_size, cfg.combiner_width), "float32")
+    for i in range(cfg.ar_depth):
+        for part in ("key", "value"):
+            shapes[f"kv.{i}.{part}"] = ((batch, cfg.ar_heads, ring, cfg.ar_width // cfg.ar_heads), "float32")
+    shapes["context"] = ((batch, ring, cfg.ar_width), "float32")
+    return shapes
+
+
+def contracts(cfg: MirasolConfig, batch: int = 1) -> dict[str, ComponentContract]:
+    """The four components' contracts for a model of ``cfg`` serving ``batch`` streams at once."""
+    b, m, ring = batch, cfg.latents_per_chunk, cfg.window_chunks * cfg.latents_per_chunk
+    state = state_shapes(cfg, batch)
+
+    def carried(names: list[str]) -> tuple[list[TensorSpec], list[TensorSpec], dict]:
+        ins = [_t(state_input(n), state[n][0], state[n][1]) for n in names]
+        outs = [_t(state_output(n), state[n][0], state[n][1]) for n in names]
+        return ins, outs, {n: (state_input(n), state_output(n)) for n in names}
+
+    enc_in = [_t("video", (b, cfg.frames_per_chunk, cfg.image_size, cfg.image_size, 3))]
+    if cfg.use_audio:
+        enc_in.append(_t("mel", (b, cfg.mel_frames_per_chunk, cfg.n_mels)))
+    mem_in, mem_out, mem_state = carried(["memory"] if "memory" in state else [])
+    encoder = ComponentContract("chunk_encoder", (*enc_in, *mem_in),
+                                (_t("latents", (b, m, cfg.combiner_width)), *mem_out), state=mem_state)
+
+    ar_names = [n for n in state if n != "memory"]
+    ar_in, ar_out, ar_state = carried(ar_names)
+    ar = ComponentContract("ar_step", (_t("latents", (b, m, cfg.combiner_width)), *ar_in),
+                           (_t("outputs", (b, m, cfg.ar_width)), *ar_out), state=ar_state)
+
+    th, dt, depth = cfg.text_heads, cfg.text_width // cfg.text_heads, cfg.text_depth
+    cross = [_t(n, (1, th, 1 + ring, dt)) for n in kv_names("cross", depth)]
+    bias = _t("cross_bias", (1, 1, 1, 1 + ring))
+    logits = _t("logits", (1, cfg.vocab_size))
+    prefill = ComponentContract(
+        "text_prefill",
+        (_t("tokens", (1, PROMPT_LEN), "int64"), _t("context", (1, ring, cfg.ar_width)), _t("pos", (1,), "int64")),
+        (logits, *[_t(n, (1, th, PROMPT_LEN, dt)) for n in kv_names("present", depth)], *cross, bias),
+        {PROMPT_LEN: (2, cfg.max_question_tokens + 2)})
+    decode = ComponentContract(
+        "text_decode",
+        (_t("token", (1, 1), "int64"), *[_t(n, (1, th, PAST_LEN, dt)) for n in kv_names("past", depth)], *cross, bias),
+        (logits, *[_t(n, (1, th, PAST_LEN + "+1", dt)) for n in kv_names("present", depth)]),
+        {PAST_LEN: (2, cfg.max_text_tokens - 1)})
+    return {c.name: c for c in (encoder, ar, prefill, decode)}

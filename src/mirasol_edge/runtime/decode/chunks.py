@@ -1,0 +1,470 @@
+"""Media -> time-aligned chunks of frames and log-mel, decoded sequentially with PyAV.
+
+Time, not frame counts: output frame ``k`` of the stream is the last decoded frame whose
+presentation time is <= ``t_start + k / fps`` (sample and hold), so variable frame rate
+and B-frame reordering come out right. Chunk ``i`` covers ``[t0, t1)`` with
+``t0 = t_start + i * chunk_seconds``, and its audio is the resampled mono samples of
+exactly that window. Decoding is one pass over the packets: the cost per chunk does not
+depend on the position in the file, and memory holds one chunk of frames and audio.
+
+Last partial chunk: ``last="pad"`` repeats the last frame, pads silence and sets
+``Flags.PADDED``; ``last="drop"`` drops it.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from mirasol_edge.errors import MirasolError, UsageError
+
+from .mel import log_mel
+
+log = logging.getLogger(__name__)
+MAX_DIMENSION = 16384
+LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")  # not files on disk
+GAP_PERIODS = 2.5  # variable frame rate sources stretch a period to 2x; a real loss is longer
+
+
+class DecodeError(MirasolError):
+    """Media could not be turned into chunks; the message names the source and the problem."""
+
+    exit_code = 3
+
+
+class EmptySource(DecodeError): ...
+
+
+class NotMedia(DecodeError): ...
+
+
+class NoVideoStream(DecodeError): ...
+
+
+class UnsupportedCodec(DecodeError): ...
+
+
+class AbsurdDimensions(DecodeError): ...
+
+
+class TruncatedMedia(DecodeError): ...
+
+
+class ShortSource(DecodeError): ...
+
+
+class Flags(enum.IntFlag):
+    NONE = 0
+    PADDED = 1  # last partial chunk, padded
+    SILENT = 2  # the source has no audio track: the mel is of silence
+    DAMAGED = 4  # frames in this chunk were lost (corrupt packets, or a gap the demuxer skipped)
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """What the model eats. Build it from the model config or an engine manifest."""
+
+    fps: float
+    frames_per_chunk: int
+    image_size: int
+    sample_rate: int
+    n_fft: int
+    hop_length: int
+    n_mels: int
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.frames_per_chunk / self.fps
+
+    @property
+    def samples_per_chunk(self) -> int:
+        return round(self.sample_rate * self.chunk_seconds)
+
+    @classmethod
+    def from_config(cls, config: Any) -> ChunkSpec:
+        """From a ``MirasolConfig`` or its dict (a manifest's ``model.config``)."""
+        get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+        return cls(**{k: get(k) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Chunk:
+    frames: np.ndarray  # [F, H, W, 3] uint8 RGB
+    mel: np.ndarray  # [T, n_mels] float32 dB
+    t0: float
+    t1: float
+    index: int
+    flags: Flags
+    damaged_frames: int = 0  # frames lost in this chunk: undecodable packets and gaps in the timestamps
+    decoder: str = "pyav"  # which path decoded the video: pyav, dali-cpu or dali-gpu
+
+
+def _describe(source: Any) -> str:
+    return "<bytes>" if isinstance(source, (bytes, bytearray, io.IOBase)) else str(source)
+
+
+def open_media(source: Any, timeout: float | None = 10.0) -> av.container.InputContainer:
+    """Open a path, URL, ``/dev/videoN`` camera or raw bytes, mapping failures to DecodeError."""
+    name = _describe(source)
+    options: dict[str, Any] = {}
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise EmptySource(f"{name}: empty input")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, Path)) and not str(source).startswith(LIVE_PREFIXES):
+        path = Path(source)
+        if not path.is_file():
+            raise DecodeError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise EmptySource(f"{path}: empty file")
+    elif str(source).startswith("/dev/video"):
+        options["format"] = "v4l2"
+    try:
+        return av.open(source if not isinstance(source, Path) else str(source), timeout=timeout, **options)
+    except av.error.InvalidDataError as exc:
+        if _looks_like_mp4(source):
+            raise TruncatedMedia(
+                f"{name}: an MP4/MOV file whose index (moov box) cannot be read: truncated, or still being "
+                f"written ({exc})"
+            ) from None
+        raise NotMedia(f"{name}: not a media file FFmpeg can read ({exc})") from None
+    except av.error.FFmpegError as exc:
+        raise DecodeError(f"{name}: cannot open ({exc})") from None
+
+
+def _looks_like_mp4(source: Any) -> bool:
+    """ISO BMFF files start with a box whose type is ftyp (or the moov/mdat of older writers)."""
+    try:
+        if isinstance(source, io.IOBase):
+            source.seek(0)
+            head = source.read(12)
+        else:
+            with open(source, "rb") as f:
+                head = f.read(12)
+    except (OSError, TypeError):
+        return False
+    return head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide")
+
+
+class _VideoSampler:
+    """Sample-and-hold resampling of decoded frames onto the model's frame clock."""
+
+    def __init__(self, spec: ChunkSpec) -> None:
+        self.spec = spec
+        self.t_start: float | None = None
+        self.next_k = 0
+        self.held: av.VideoFrame | np.ndarray | None = None
+        self.held_rgb: np.ndarray | None = None
+
+    def _rgb(self) -> np.ndarray:
+        if self.held_rgb is None:
+            size = self.spec.image_size
+            held = self.held
+            self.held_rgb = held if isinstance(held, np.ndarray) else held.reformat(
+                width=size, height=size, format="rgb24").to_ndarray()
+        return self.held_rgb
+
+    def push(self, frame: av.VideoFrame | np.ndarray, time: float) -> list[tuple[float, np.ndarray]]:
+        out = []
+        if self.t_start is None:
+            self.t_start = time
+        if self.held is not None:
+            while self.t_start + self.next_k / self.spec.fps < time:
+                out.append((self.t_start + self.next_k / self.spec.fps, self._rgb()))
+                self.next_k += 1
+        self.held, self.held_rgb = frame, None
+        return out
+
+    def flush(self, end_time: float) -> list[tuple[float, np.ndarray]]:
+        out = []
+        if self.held is None:
+            return out
+        while self.t_start + self.next_k / self.spec.fps < end_time:
+            out.append((self.t_start + self.next_k / self.spec.fps, self._rgb()))
+            self.next_k += 1
+        return out
+
+
+def _frame_time(frame: av.frame.Frame, fallback: float) -> float:
+    return float(frame.time) if frame.time is not None else fallback
+
+
+DECODERS = ("auto", "pyav", "dali-cpu", "dali-gpu")
+
+
+def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
+           decoder: str = "auto", mel: str = "auto") -> Iterator[Chunk]:
+    """Yield ``Chunk``s from a file, URL, camera or bytes, sequentially (see module docstring).
+
+    ``decoder``: ``auto`` picks DALI's NVDEC decoder on a GPU (H.264, HEVC, VP9, AV1; constant
+    frame rate files) and PyAV for everything else: CPU-only machines, Jetson, live sources,
+    variable frame rate. DALI's CPU decoder (VP9, MJPEG) runs when asked for (``dali-cpu``):
+    on the 2-core benchmark machine it was 3-5x slower than PyAV at 640x360 (bench/decode.py).
+    ``Chunk.decoder`` reports which one ran.
+
+    ``mel``: ``numpy``, ``dali`` (DALI's operators, on the GPU with the NVDEC decoder) or
+    ``auto`` (DALI with NVDEC, else numpy); both match the model's torch mel (tested).
+    """
+    if last not in ("pad", "drop"):
+        raise UsageError(f"last must be 'pad' or 'drop', got {last!r}")
+    if decoder not in DECODERS:
+        raise UsageError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    name = _describe(source)
+    container = open_media(source, timeout)
+    try:
+        vstream = _check_video(container, name)
+        path, rate = choose_decoder(decoder, source, vstream, name)
+        mel_fn = _mel_function(spec, mel, path)
+        yield from _chunks(container, name, spec, last, vstream, path, (source, rate) if path != "pyav" else None,
+                           mel_fn)
+    finally:
+        container.close()
+
+
+def _mel_function(spec: ChunkSpec, mel: str, path: str):
+    if mel not in ("auto", "numpy", "dali"):
+        raise UsageError(f"mel must be 'auto', 'numpy' or 'dali', got {mel!r}")
+    if mel == "numpy" or (mel == "auto" and path != "dali-gpu"):
+        return lambda samples: log_mel(samples, spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels)
+    from . import dali
+
+    if not dali.available():
+        raise DecodeError("mel='dali' needs DALI (pip install 'mirasol-edge[dali]')")
+    return dali.LogMel(spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels,
+                       "gpu" if path == "dali-gpu" else "cpu")
+
+
+def _check_video(container, name: str):
+    if not container.streams.video:
+        raise NoVideoStream(f"{name}: no video stream (streams: {[s.type for s in container.streams]})")
+    vstream = container.streams.video[0]
+    ctx = vstream.codec_context
+    if ctx.width == 0 or ctx.height == 0:
+        raise TruncatedMedia(f"{name}: the video stream's size cannot be read (0x0): damaged or truncated header")
+    if not (0 < ctx.width <= MAX_DIMENSION and 0 < ctx.height <= MAX_DIMENSION):
+        raise AbsurdDimensions(f"{name}: video is {ctx.width}x{ctx.height}; expected 1..{MAX_DIMENSION} per side")
+    return vstream
+
+
+def probe_constant_rate(source: Any, packets: int = 64) -> Fraction | None:
+    """The exact frame rate if the first ``packets`` video timestamps are evenly spaced, else None.
+
+    Containers such as Matroska store no frame rate (FFmpeg then guesses 24) and round
+    timestamps to milliseconds, so the rate DALI's frame clock needs is measured from the
+    timestamps and snapped to the exact rate it rounds from (30, 30000/1001, ...).
+    """
+    if not isinstance(source, (str, Path)):
+        return None
+    try:
+        with av.open(str(source)) as probe:
+            stream = probe.streams.video[0]
+            declared = [r for r in (stream.average_rate, stream.guessed_rate) if r]
+            quantum = float(stream.time_base)
+            times = []
+            for packet in probe.demux(stream):
+                if packet.pts is not None:
+                    times.append(float(packet.pts * packet.time_base))
+                if len(times) >= packets:
+                    break
+    except (av.error.FFmpegError, IndexError):
+        return None
+    times = np.sort(times)
+    steps = np.diff(times)
+    if len(steps) < 2 or steps.min() <= 0 or steps.max() - steps.min() > 2 * quantum + 0.01 * steps.min():
+        return None
+    measured = (len(times) - 1) / (times[-1] - times[0])
+    nearest = round(measured)
+    for rate in (*declared, Fraction(nearest), Fraction(round(measured * 1.001) * 1000, 1001)):
+        if rate and abs(float(rate) - measured) <= 0.005 * measured:
+            return Fraction(rate)
+    return Fraction(measured).limit_denominator(1001)
+
+
+def choose_decoder(requested: str, source: Any, vstream, name: str) -> tuple[str, Fraction | None]:
+    """Which decoder runs this source (and, for DALI, the measured frame rate); a forced choice
+    that cannot work says why. ``auto`` only ever picks NVDEC: DALI's CPU decoder measured
+    slower than PyAV (bench/decode.py)."""
+    if requested == "pyav":
+        return "pyav", None
+    want = "dali-gpu" if requested == "auto" else requested
+    codec = vstream.codec_context.name
+    problem = _dali_problem(source, codec, want)
+    rate = None
+    if problem is None:  # the cheap checks passed; the rate probe reads the file
+        rate = probe_constant_rate(source)
+        problem = None if rate is not None else "the video has a variable frame rate, which DALI refuses"
+    if problem is None:
+        return want, rate
+    if requested == "auto":
+        return "pyav", None
+    device = "GPU" if want == "dali-gpu" else "CPU"
+    raise UnsupportedCodec(f"{name}: cannot decode {codec} with DALI's {device} decoder: {problem}")
+
+
+def _dali_problem(source: Any, codec: str, want: str) -> str | None:
+    from . import dali
+
+    if not dali.available():
+        return "DALI is not installed" + (" (and does not decode video on Jetson)" if dali.is_jetson() else "")
+    if isinstance(source, (bytes, bytearray, io.IOBase)) or str(source).startswith(LIVE_PREFIXES):
+        return "DALI decodes whole files, not live streams or byte buffers"
+    device, codecs = ("GPU", dali.NVDEC_CODECS) if want == "dali-gpu" else ("CPU", dali.CPU_CODECS)
+    if codec not in codecs:
+        return f"its {device} decoder takes {', '.join(sorted(codecs))}, not {codec}"
+    if want == "dali-gpu" and not dali.gpu_available():
+        return "no CUDA GPU is visible to DALI"
+    return None
+
+
+def _pyav_events(container, vstream, astream, name: str, state: dict) -> Iterator[tuple]:
+    """(kind, time, payload) in demux order: ("v", t, frame), ("a", t, samples), ("damaged", t, n)."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=state["rate"]) if astream else None
+    # A corrupt stretch often decodes "fine": the demuxer resyncs and frames just go missing.
+    # A gap of more than GAP_PERIODS frame periods counts as lost frames. The period is the
+    # shortest step seen: some containers (Matroska) store no rate and FFmpeg guesses 24.
+    streams = ([vstream] if vstream is not None else []) + ([astream] if astream else [])
+    for packet in container.demux(*streams):
+        try:
+            decoded = packet.decode()
+        except av.error.InvalidDataError:
+            yield ("damaged", state["last_time"], 1)
+            continue
+        except av.error.DecoderNotFoundError as exc:
+            raise UnsupportedCodec(f"{name}: no decoder for {packet.stream.codec_context.name} ({exc})") from None
+        for frame in decoded:
+            if packet.stream is vstream:
+                time = _frame_time(frame, state["last_time"])
+                step, period = time - state["last_time"], state["period"]
+                if state["decoded_video"] and step > 0:
+                    if period and step > GAP_PERIODS * period:
+                        yield ("damaged", time, round(step / period) - 1)
+                    state["period"] = min(period or step, step)
+                state["last_time"] = time
+                state["decoded_video"] += 1
+                yield ("v", time, frame)
+            else:
+                for out in resampler.resample(frame):
+                    yield ("a", _frame_time(out, 0.0), out.to_ndarray().reshape(-1))
+    if resampler is not None:
+        for out in resampler.resample(None):
+            yield ("a", None, out.to_ndarray().reshape(-1))
+
+
+def _dali_events(source: tuple[Any, float], vstream, astream, container, name: str, spec: ChunkSpec,
+                 device: str, state: dict) -> Iterator[tuple]:
+    """DALI's frames (times from the measured constant rate) merged in time order with PyAV's audio."""
+    import heapq
+
+    from . import dali
+
+    source, rate = source
+    start = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
+    data = Path(source).read_bytes()
+
+    state["period"] = float(1 / rate)
+
+    def video():
+        for k, rgb in enumerate(dali.frames(data, spec.image_size, "gpu" if device == "dali-gpu" else "cpu")):
+            time = start + float(k / rate)
+            state["last_time"] = time
+            state["decoded_video"] += 1
+            yield ("v", time, rgb)
+
+    audio = _pyav_events(container, None, astream, name, state) if astream else iter(())
+    # Audio with no time (the resampler's tail) sorts last.
+    return heapq.merge(video(), audio, key=lambda e: float("inf") if e[1] is None else e[1])
+
+
+def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str = "pyav",
+            dali_source: tuple[Any, float] | None = None, mel_fn=None) -> Iterator[Chunk]:
+    astream = container.streams.audio[0] if container.streams.audio else None
+    vstream.thread_type = "AUTO"
+    state = {"rate": spec.sample_rate, "last_time": 0.0, "decoded_video": 0, "period": None}
+
+    sampler = _VideoSampler(spec)
+    frames: list[np.ndarray] = []
+    audio = np.zeros(0, dtype=np.float32)  # samples from audio_t0 on, trimmed as chunks go out
+    audio_t0: float | None = None
+    audio_done = astream is None
+    index, damaged = 0, 0
+    base_flags = Flags.SILENT if astream is None else Flags.NONE
+
+    def chunk_audio(t0: float, t1: float) -> tuple[np.ndarray, bool]:
+        """Samples of [t0, t1) and whether all of them are there yet."""
+        n = spec.samples_per_chunk
+        if audio_t0 is None:
+            return np.zeros(n, np.float32), audio_done
+        start = round((t0 - audio_t0) * spec.sample_rate)
+        window = np.zeros(n, np.float32)
+        lo, hi = max(start, 0), min(start + n, len(audio))
+        if hi > lo:
+            window[lo - start : hi - start] = audio[lo:hi]
+        return window, audio_done or len(audio) >= start + n
+
+    def ready(final: bool) -> Iterator[Chunk]:
+        nonlocal frames, index, damaged, audio, audio_t0
+        while len(frames) >= spec.frames_per_chunk or (final and frames):
+            t0 = sampler.t_start + index * spec.chunk_seconds
+            t1 = t0 + spec.chunk_seconds
+            samples, complete = chunk_audio(t0, t1)
+            if not complete and not final:
+                return
+            flags = base_flags
+            take = frames[: spec.frames_per_chunk]
+            if len(take) < spec.frames_per_chunk:
+                if last == "drop":
+                    frames = []
+                    return
+                take = take + [take[-1]] * (spec.frames_per_chunk - len(take))
+                flags |= Flags.PADDED
+            if damaged:
+                flags |= Flags.DAMAGED
+            yield Chunk(np.stack(take), mel_fn(samples), t0, t1, index, flags, damaged, path)
+            frames, index, damaged = frames[spec.frames_per_chunk :], index + 1, 0
+            if audio_t0 is not None:  # keep memory bounded: drop audio before the next chunk
+                cut = max(0, round((t1 - audio_t0) * spec.sample_rate))
+                audio, audio_t0 = audio[cut:], audio_t0 + cut / spec.sample_rate
+
+    events = (_dali_events(dali_source, vstream, astream, container, name, spec, path, state) if dali_source
+              else _pyav_events(container, vstream, astream, name, state))
+    try:
+        for kind, time, payload in events:
+            if kind == "v":
+                frames.extend(rgb for _, rgb in sampler.push(payload, time))
+            elif kind == "a":
+                if audio_t0 is None:
+                    audio_t0 = time if time is not None else 0.0
+                audio = np.concatenate([audio, payload])
+            else:
+                damaged += payload
+            yield from ready(final=False)
+    except av.error.FFmpegError as exc:
+        if not state["decoded_video"]:
+            raise NotMedia(f"{name}: cannot decode ({exc})") from None
+        raise TruncatedMedia(f"{name}: decoding stopped after {index} chunks: {exc}") from None
+    except RuntimeError as exc:  # DALI reports decode failures as RuntimeError
+        if dali_source is None:
+            raise
+        raise UnsupportedCodec(f"{name}: DALI ({path}) failed to decode: {str(exc).splitlines()[0]}") from None
+
+    audio_done = True
+    if not state["decoded_video"]:
+        raise NotMedia(f"{name}: no decodable video frames")
+    last_time = state["last_time"]
+    frame_period = state["period"] or 1.0 / float(vstream.average_rate or spec.fps)
+    frames.extend(rgb for _, rgb in sampler.flush(last_time + frame_period))
+    yield from ready(final=True)
+    if index == 0:
+        raise ShortSource(f"{name}: shorter than one chunk ({spec.chunk_seconds:g} s) and last='drop'")
+    expected = float(container.duration) / 1e6 if container.duration else None
+    if expected and last_time + frame_period + 1.0 < expected:
+        raise TruncatedMedia(f"{name}: video ends at {last_time:.2f}s but the container says {expected:.2f}s")

@@ -1,0 +1,125 @@
+"""An opened engine directory: the manifest, checked, and what the runtime needs from it.
+
+Opening checks what can be checked without a backend: the format, that the engines were
+built (a Jetson bundle is not), and the sha256 of every file the runtime will read. The
+backends add their own checks (library version, GPU compute capability).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .components import COMPONENTS
+from .files import sha256_file
+from .manifest import MANIFEST, Component, Manifest, ManifestError, load_manifest, verify_file
+from .tokenizer import ByteTokenizer, Tokenizer
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str, ...]  # a str is a named dynamic axis (prompt_len, past_len)
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    name: str
+    engine: Path | None  # the backend's engine file (None for a bundle)
+    onnx: Path
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    precision: str
+
+
+def verify_onnx(path: Path, name: str, entry: Component) -> Path:
+    """A component's graph and, for one over 2 GB, its external data, against their sha256."""
+    if entry.onnx_data:
+        verify_file(path, entry.onnx_data.file, entry.onnx_data.sha256, f"{name} ONNX external data")
+    return verify_file(path, entry.onnx, entry.onnx_sha256, f"{name} ONNX")
+
+
+def _tensors(entries) -> dict[str, TensorInfo]:
+    return {e.name: TensorInfo(e.name, np.dtype(e.dtype), e.shape) for e in entries}
+
+
+@dataclass(frozen=True)
+class EngineDir:
+    path: Path
+    manifest: Manifest
+    manifest_sha256: str  # identifies these engines: snapshots carry it
+    components: dict[str, ComponentInfo]
+
+    @property
+    def backend(self) -> str:
+        return self.manifest.backend.name
+
+    @property
+    def backend_version(self) -> str | None:
+        return self.manifest.backend.version
+
+    @property
+    def config(self) -> dict:
+        return self.manifest.model["config"]
+
+    @property
+    def batch(self) -> int:
+        return self.manifest.batch
+
+    @property
+    def max_question_tokens(self) -> int:
+        return int(self.manifest.recipe["text"]["max_question_tokens"])
+
+    @property
+    def max_answer_tokens(self) -> int:
+        return int(self.manifest.recipe["text"]["max_answer_tokens"])
+
+    @property
+    def compute_capabilities(self) -> list[str]:
+        return list(self.manifest.target.compute_capabilities)
+
+    def tokenizer(self) -> Tokenizer:
+        name = self.manifest.model.get("tokenizer", "ByteTokenizer")
+        if name != "ByteTokenizer":
+            raise ManifestError(f"{self.path / MANIFEST}: tokenizer {name!r} is not supported by the runtime yet")
+        return ByteTokenizer()
+
+    def initial_state(self) -> dict[str, np.ndarray]:
+        """The state of a fresh stream (batch 1), checked against its sha256."""
+        from safetensors.numpy import load_file
+
+        entry = self.manifest.state
+        path = verify_file(self.path, entry.file, entry.sha256, "initial state")
+        return load_file(str(path))
+
+    @classmethod
+    def open(cls, path: str | Path, use_onnx: bool = False) -> EngineDir:
+        """Load and verify; ``use_onnx`` checks the ONNX graphs instead of the engines."""
+        path = Path(path)
+        manifest = load_manifest(path)
+        where = path / MANIFEST
+        if not use_onnx and not manifest.backend.engines_built:
+            raise ManifestError(
+                f"{path}: a bundle without engines; compile it on the target with `mirasol-build engine {path}`"
+            )
+        missing = [c for c in COMPONENTS if c not in manifest.components]
+        if missing:
+            raise ManifestError(f"{where}: components {missing} are missing")
+        components = {}
+        for name in COMPONENTS:
+            entry = manifest.components[name]
+            engine = None
+            if use_onnx:
+                verify_onnx(path, name, entry)
+            else:
+                if entry.engine_data:
+                    verify_file(path, entry.engine_data.file, entry.engine_data.sha256, f"{name} engine external data")
+                if not entry.engine or not entry.engine_sha256:
+                    raise ManifestError(f"{where}: components.{name} has no engine")
+                engine = verify_file(path, entry.engine, entry.engine_sha256, f"{name} engine")
+            components[name] = ComponentInfo(name, engine, path / entry.onnx, _tensors(entry.inputs),
+                                              _tensors(entry.outputs), entry.precision)
+        return cls(path, manifest, sha256_file(where), components)

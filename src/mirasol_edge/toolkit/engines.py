@@ -1,0 +1,200 @@
+"""Turn a component's ONNX into the backend's engine file.
+
+- TensorRT / TensorRT-RTX: parse, optimization profiles for varying lengths, timing cache,
+  strongly typed network (precision is already in the graph), serialized plan.
+- ONNX Runtime: the graph with ORT's offline optimizations applied and saved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mirasol_edge.errors import MirasolError
+from mirasol_edge.runtime import machine
+from mirasol_edge.runtime.engine_dir import verify_onnx
+from mirasol_edge.runtime.files import atomic_path, sha256_file, write_bytes_atomic
+from mirasol_edge.runtime.manifest import BackendEntry, file_ref, load_manifest
+from mirasol_edge.runtime.trt import lazy_import_trt, trt_logger
+
+from .recipe import Recipe, parse_recipe
+
+ENGINE_SUFFIX = {"onnxruntime": ".ort.onnx", "tensorrt": ".plan", "tensorrt-rtx": ".plan"}
+
+
+class EngineBuildError(MirasolError, RuntimeError):
+    """The backend refused a graph (names the node and op) or ran out of memory."""
+
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class Profile:
+    """min/opt/max shape of one input that varies in length."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def build_onnxruntime(onnx_path: Path, engine_path: Path, recipe: Recipe) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # EXTENDED fusions are portable across CPUs; ALL adds layout changes tied to this machine.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    if onnx_path.with_name(onnx_path.name + ".data").is_file():
+        # Over 2 GB: the optimized model keeps its weights outside the protobuf too.
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         f"{engine_path.name}.data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    with atomic_path(engine_path) as tmp:
+        options.optimized_model_filepath = str(tmp)
+        try:
+            ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise EngineBuildError(f"{onnx_path.name}: ONNX Runtime could not load the graph: {exc}") from None
+
+
+def _parse_errors(parser) -> str:
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        node = err.node_name() if hasattr(err, "node_name") else err.node()
+        op = err.node_operator() if hasattr(err, "node_operator") else "?"
+        lines.append(f"node {node!r} (op {op}): {err.desc()}")
+    return "; ".join(lines)
+
+
+def build_tensorrt(
+    onnx_path: Path, engine_path: Path, recipe: Recipe, profiles: dict[str, Profile], timing_cache: Path | None
+) -> list[str]:
+    """Build and write the plan; returns the builder's warnings."""
+    backend = recipe.target.backend
+    trt = lazy_import_trt(backend)
+    messages: list[str] = []
+    logger = trt_logger(trt, messages)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise EngineBuildError(f"{onnx_path.name}: {backend} cannot take the graph: {_parse_errors(parser)}")
+
+    config = builder.create_builder_config()
+    b = recipe.build
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, b.workspace_mib << 20)
+    config.builder_optimization_level = b.optimization_level
+    if b.hardware_compatibility != "none":  # full TensorRT only (checked by the recipe)
+        level = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level[b.hardware_compatibility])
+    if b.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if backend == "tensorrt-rtx":
+        # Ahead-of-time build for the recipe's GPUs: works on a machine with no GPU.
+        ccs = [getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")) for cc in recipe.target.compute_capabilities]
+        config.num_compute_capabilities = len(ccs)
+        for i, cc in enumerate(ccs):
+            config.set_compute_capability(cc, i)
+    if b.dla_core >= 0:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = b.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+    if profiles:
+        profile = builder.create_optimization_profile()
+        for name, p in profiles.items():
+            profile.set_shape(name, p.min, p.opt, p.max)
+        config.add_optimization_profile(profile)
+
+    cache = None
+    if timing_cache is not None and backend == "tensorrt":  # TensorRT-RTX AOT builds time nothing
+        blob = timing_cache.read_bytes() if timing_cache.exists() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        detail = "; ".join(messages[-5:]) or "no message from the builder"
+        if any("memory" in m.lower() for m in messages):
+            raise EngineBuildError(
+                f"{onnx_path.name}: out of memory building with workspace {b.workspace_mib} MiB: {detail}"
+            )
+        raise EngineBuildError(f"{onnx_path.name}: {backend} build failed: {detail}")
+    write_bytes_atomic(engine_path, bytes(plan))
+    if cache is not None:
+        write_bytes_atomic(timing_cache, bytes(cache.serialize()))
+    return messages
+
+
+def profiles_for(dynamic: dict, inputs: dict, recipe: Recipe) -> dict[str, Profile]:
+    """min/opt/max per varying input, from the recipe's text lengths."""
+    profiles = {}
+    prompt_max = recipe.text.max_question_tokens + 2
+    past_max = prompt_max + recipe.text.max_answer_tokens - 1
+    for name, axes in dynamic.items():
+        shape = list(inputs[name].shape)
+        lo, opt, hi = list(shape), list(shape), list(shape)
+        for axis, (dim, low, _) in axes.items():
+            high = prompt_max if dim == "prompt_len" else past_max
+            lo[axis], hi[axis], opt[axis] = low, high, max(low, min(high, (low + high) // 2))
+        profiles[name] = Profile(tuple(lo), tuple(opt), tuple(hi))
+    return profiles
+
+
+def onnx_data_file(graph: Path) -> Path | None:
+    """The external-data file beside a graph over 2 GB (``NAME.onnx.data``, ``NAME.ort.data``)."""
+    data = graph.with_name(graph.name + ".data")
+    return data if data.is_file() else None
+
+
+def backend_version(backend: str) -> str:
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    return lazy_import_trt(backend).__version__
+
+
+def build_engine(onnx_path: Path, name: str, recipe: Recipe, profiles: dict[str, Profile]) -> dict:
+    """Engine file beside the ONNX; returns its manifest fields."""
+    backend = recipe.target.backend
+    engine_path = onnx_path.with_name(f"{name}{ENGINE_SUFFIX[backend]}")
+    start = time.perf_counter()
+    fields: dict = {}
+    if backend == "onnxruntime":
+        build_onnxruntime(onnx_path, engine_path, recipe)
+    else:
+        cache = onnx_path.with_name("timing.cache") if recipe.build.timing_cache else None
+        fields["builder_warnings"] = build_tensorrt(onnx_path, engine_path, recipe, profiles, cache)[-20:]
+    data = onnx_data_file(engine_path)
+    if data is not None:
+        fields["engine_data"] = {"file": data.name, "sha256": sha256_file(data), "bytes": data.stat().st_size}
+    return {**fields, "engine": engine_path.name, "engine_sha256": sha256_file(engine_path),
+            "engine_bytes": engine_path.stat().st_size, "build_seconds": round(time.perf_counter() - start, 3)}
+
+
+def build_engines_from_bundle(bundle: str | Path, progress: Callable[[str], None] = lambda msg: None) -> dict:
+    """Compile the engines of a bundle written by ``stage="export"``, on the target itself (Jetson)."""
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    recipe_data = dict(manifest.recipe)
+    recipe = parse_recipe({k: v for k, v in recipe_data.items() if k != "path"}, recipe_data.get("path", str(bundle)))
+    backend = recipe.target.backend
+    components = {}
+    for name, entry in manifest.components.items():
+        onnx_path = verify_onnx(bundle, name, entry)
+        profiles = {n: Profile(tuple(p["min"]), tuple(p["opt"]), tuple(p["max"])) for n, p in entry.profiles.items()}
+        progress(f"{name}: building {backend} engine")
+        fields = build_engine(onnx_path, name, recipe, profiles)
+        components[name] = replace(entry, engine=fields.pop("engine"), engine_sha256=fields.pop("engine_sha256"),
+                                   engine_data=file_ref(fields.pop("engine_data", None)),
+                                   report={**entry.report, **fields})
+    built = replace(manifest, components=components, machine=machine.describe(),
+                    backend=BackendEntry(backend, backend_version(backend), True))
+    built.write(bundle)
+    return built.to_dict()

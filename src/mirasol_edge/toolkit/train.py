@@ -1,0 +1,190 @@
+"""Train a Mirasol preset on the synthetic audio-video QA task (``mirasol_edge.demo``), on a CPU.
+
+Losses: the answer's text loss (teacher forcing) and the paper's next-chunk latent loss
+(the AR head predicts the next chunk's Combiner latents). Training runs the model offline
+over whole clips; accuracy is measured the way it is used: chunk by chunk through
+``encode_chunk`` and then ``answer``, on a held-out set with other seeds.
+
+    python -m mirasol_edge.toolkit.train --preset tiny --minutes 25 --out models/tiny-synthetic.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mirasol_edge.demo.dataset import DecodedClip, cached_clips
+from mirasol_edge.demo.synthetic import HELDOUT_SEED, QUESTIONS
+from mirasol_edge.runtime.config import MirasolConfig
+from mirasol_edge.runtime.decode.chunks import ChunkSpec
+
+from .model import Mirasol
+from .tokenizer import prompt_ids
+
+
+def text_batch(model: Mirasol, clips: list[DecodedClip], type_weights: dict[str, float] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every question of every clip: tokens [B*Q, L] and the loss weight of each position to predict
+    (0 for the prompt and padding; ``type_weights`` weighs question types, default 1)."""
+    tok, cfg = model.tokenizer, model.cfg
+    rows, targets = [], []
+    for clip in clips:
+        for qa in clip.facts.qa():
+            prompt = prompt_ids(tok, qa["question"], cfg.max_question_tokens)
+            answer = tok.encode(qa["answer"]) + [tok.eos_id]
+            rows.append(prompt + answer)
+            weight = (type_weights or {}).get(qa["type"], 1.0)
+            targets.append([0.0] * (len(prompt) - 1) + [weight] * len(answer))
+    length = max(map(len, rows))
+    tokens = torch.full((len(rows), length), tok.pad_id, dtype=torch.long)
+    weights = torch.zeros(len(rows), length - 1)
+    for i, (row, target) in enumerate(zip(rows, targets)):
+        tokens[i, : len(row)] = torch.tensor(row)
+        weights[i, : len(target)] = torch.tensor(target)
+    return tokens, weights
+
+
+def losses(model: Mirasol, clips: list[DecodedClip], type_weights: dict[str, float] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    video = torch.from_numpy(np.stack([c.frames for c in clips]))
+    mel = torch.from_numpy(np.stack([c.mel for c in clips]))
+    b, c = video.shape[:2]
+    latents = model.combine_offline(video.flatten(1, 2), mel.flatten(1, 2))  # [B, C, m, Dc]
+    outputs = model.ar(latents)  # [B, C, m, D]
+    # The latent loss trains the AR model (and its head) to predict the next chunk; through
+    # the encoders it would reward latents that are easy to predict, i.e. all alike.
+    predicted = model.ar.head(model.ar(latents.detach())[:, :-1])
+    latent_loss = F.mse_loss(predicted, latents[:, 1:].detach())
+
+    context, age, valid = model.context_of(outputs.flatten(1, 2))
+    per_clip = len(QUESTIONS)
+    memory, cross_bias = model.text.memory(*(t.repeat_interleave(per_clip, 0) for t in (context, age, valid)))
+    tokens, weights = text_batch(model, clips, type_weights)
+    logits, _ = model.text(tokens[:, :-1], model.text.cross_kv(memory), cross_bias)
+    per_token = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    text_loss = (per_token * weights.flatten()).sum() / weights.sum()
+    return text_loss, latent_loss
+
+
+@torch.no_grad()
+def streaming_accuracy(model: Mirasol, clips: list[DecodedClip]) -> dict:
+    """Exact match per question type, through ``encode_chunk`` + ``answer`` (the runtime's path)."""
+    model.eval()
+    state = model.init_state(len(clips))
+    video = torch.from_numpy(np.stack([c.frames for c in clips]))
+    mel = torch.from_numpy(np.stack([c.mel for c in clips]))
+    for i in range(video.shape[1]):
+        _, state = model.encode_chunk(video[:, i], mel[:, i], state)
+    right = {kind: 0 for kind in QUESTIONS}
+    for kind, question in QUESTIONS.items():
+        answers = model.answer(state, [question] * len(clips))
+        right[kind] = sum(a == c.facts.answers()[kind] for a, c in zip(answers, clips))
+    model.train()
+    per_type = {k: v / len(clips) for k, v in right.items()}
+    return {"exact_match": sum(right.values()) / (len(clips) * len(QUESTIONS)), "per_type": per_type}
+
+
+def train(preset: str, clips: int, heldout: int, minutes: float, seed: int, batch: int, lr: float,
+          cache: Path | None, type_weights: dict[str, float] | None = None, log_every: int = 25,
+          eval_every_minutes: float = 5.0) -> tuple[Mirasol, dict]:
+    torch.manual_seed(seed)
+    cfg = MirasolConfig.preset(preset)
+    spec = ChunkSpec.from_config(cfg)
+    start = time.perf_counter()
+    train_set = cached_clips(list(range(seed * 100_000, seed * 100_000 + clips)), spec,
+                             cache and cache.with_name(f"{cache.stem}-train.npz"))
+    test_set = cached_clips(list(range(HELDOUT_SEED, HELDOUT_SEED + heldout)), spec,
+                            cache and cache.with_name(f"{cache.stem}-heldout.npz"))
+    data_seconds = time.perf_counter() - start
+    print(f"data: {clips} training + {heldout} held-out clips in {data_seconds:.0f}s", flush=True)
+
+    model = Mirasol(cfg).train()
+    # Measured: at 1e-3 the encoders' features churn faster than the text decoder can learn
+    # to read them, and answers stay at the prior; the encoders and AR model learn at lr/3.
+    text = list(model.text.parameters())
+    others = [p for p in model.parameters() if all(p is not t for t in text)]
+    optimizer = torch.optim.AdamW([{"params": text, "scale": 1.0}, {"params": others, "scale": 1 / 3}],
+                                  lr=lr, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    budget = minutes * 60
+    curve, step, next_eval = [], 0, eval_every_minutes * 60
+    train_start = time.perf_counter()
+    while (elapsed := time.perf_counter() - train_start) < budget:
+        fraction = elapsed / budget  # warm up, then cosine decay over the time budget
+        for group in optimizer.param_groups:
+            group["lr"] = group["scale"] * lr * min(1.0, step / 50) * 0.5 * (1 + math.cos(math.pi * fraction))
+        picked = [train_set[i] for i in rng.choice(len(train_set), size=batch, replace=False)]
+        text_loss, latent_loss = losses(model, picked, type_weights)
+        loss = text_loss + 0.1 * latent_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % log_every == 0:
+            point = {"step": step, "minutes": round(elapsed / 60, 2), "text_loss": round(text_loss.item(), 4),
+                     "latent_loss": round(latent_loss.item(), 4)}
+            if elapsed >= next_eval:
+                point["heldout"] = streaming_accuracy(model, test_set[:100])
+                next_eval += eval_every_minutes * 60
+            curve.append(point)
+            print(json.dumps(point), flush=True)
+    model.eval()
+    final = streaming_accuracy(model, test_set)
+    report = {"preset": preset, "seed": seed, "train_clips": clips, "heldout_clips": heldout,
+              "heldout_seeds": [HELDOUT_SEED, HELDOUT_SEED + heldout], "batch": batch, "lr": lr, "steps": step,
+              "type_weights": type_weights or {},
+              "data_seconds": round(data_seconds, 1), "train_minutes": round((time.perf_counter() - train_start) / 60, 2),
+              "heldout": final, "curve": curve}
+    print(json.dumps({"final": final}), flush=True)
+    return model, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--clips", type=int, default=2000)
+    parser.add_argument("--heldout", type=int, default=300)
+    parser.add_argument("--minutes", type=float, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight", action="append", default=[], metavar="TYPE=W",
+                        help="weigh a question type's answer loss, e.g. --weight direction=4")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/mirasol-synthetic/clips.npz"))
+    parser.add_argument("--out", type=Path, default=Path("models/tiny-synthetic.safetensors"))
+    parser.add_argument("--report", type=Path, default=Path("bench/results/train-tiny.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    weights = {k: float(v) for k, v in (w.split("=", 1) for w in args.weight)}
+    unknown = set(weights) - set(QUESTIONS)
+    if unknown:
+        parser.error(f"--weight: unknown question type(s) {sorted(unknown)}; types are {list(QUESTIONS)}")
+    model, report = train(args.preset, args.clips, args.heldout, args.minutes, args.seed, args.batch, args.lr,
+                          args.cache, weights)
+    from mirasol_edge.runtime import machine
+
+    report["command"] = "python -m mirasol_edge.toolkit.train " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("cache", "weight")) + "".join(
+        f" --weight {w}" for w in args.weight)
+    report["machine"] = machine.describe()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(args.out)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=1) + "\n")
+    card = {k: report[k] for k in ("command", "preset", "seed", "steps", "train_minutes", "data_seconds",
+                                   "heldout_clips", "heldout_seeds", "heldout")}
+    args.out.with_suffix(".json").write_text(json.dumps({"checkpoint": args.out.name, **card,
+                                                         "machine": report["machine"]["cpu"]}, indent=1) + "\n")
+    print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB) and {args.report}")
+
+
+if __name__ == "__main__":
+    main()
