@@ -16,6 +16,8 @@ from mirasol_edge.toolkit.recipe import RecipeError, load_recipe
 
 from .conftest import BUNDLED
 
+pytestmark = pytest.mark.slow  # builds and answers through the real runtime: minutes
+
 SMALL = ["calibration.clips=8", "calibration.eval_clips=12"]
 ALL_INT8 = [f"precision.{c}=int8" for c in ("chunk_encoder", "ar_step", "text_prefill", "text_decode")]
 
@@ -45,6 +47,13 @@ def test_int8_cpu_build_answers_like_fp32(int8_cpu):
     assert on_disk["quantization"]["ratio"] == report["ratio"]
 
 
+def test_int8_build_twice_into_the_same_folder_reuses_everything(int8_cpu):
+    out, first = int8_cpu
+    again = build(load_recipe("cpu", SMALL + ALL_INT8), out, checkpoint=BUNDLED, **quantization_hooks())
+    assert all(c["reused"] for c in again["components"].values())
+    assert again["quantization"] == first["quantization"], "the answer report of an unchanged build stands"
+
+
 def test_int8_engines_answer_the_bundled_sample(int8_cpu):
     out, _ = int8_cpu
     from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
@@ -68,6 +77,9 @@ def test_orin_nano_bundle_is_int8_int4_and_tensorrt_rtx_builds_it(tmp_path):
     int4 = [i for i in ar.graph.initializer if i.data_type == onnx.TensorProto.INT4]
     assert int4, "AR weights are int4 behind DequantizeLinear"
     assert manifest["quantization"]["ratio"] >= 0.85
+    again = build(load_recipe("orin-nano", SMALL), out, checkpoint=BUNDLED, stage="export", **quantization_hooks())
+    assert all(c["reused"] for c in again["components"].values()), "an int8 + int4 bundle, twice"
+    assert again["quantization"] == manifest["quantization"]
     rtx = load_recipe("rtx")
     for name, entry in manifest["components"].items():
         profiles = {n: Profile(tuple(p["min"]), tuple(p["opt"]), tuple(p["max"])) for n, p in entry["profiles"].items()}

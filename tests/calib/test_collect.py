@@ -3,14 +3,17 @@ import shutil
 import numpy as np
 import pytest
 
-from mirasol_edge.calib.collect import CalibrationError, collect, media_files, synthetic_media
+from mirasol_edge.calib.collect import CalibrationError, collect, media_files
+from mirasol_edge.demo.hooks import synthetic_media
+from mirasol_edge.demo.synthetic import QUESTIONS
 from mirasol_edge.runtime.components import COMPONENTS
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
 from mirasol_edge.toolkit.export import component_spec
 
 
 def _collect(model, media="synthetic", clips=4, **kw):
-    args = dict(max_samples=64, min_samples=4, held_out=0.25, weights_hash="test")
+    args = dict(max_samples=64, min_samples=4, held_out=0.25, weights_hash="test",
+                questions=list(QUESTIONS.values()), synthetic=synthetic_media)
     args.update(kw)
     return collect(model, media, clips, **args)
 
@@ -26,7 +29,7 @@ def test_records_every_components_real_inputs(bundled_model):
     for c in COMPONENTS:
         assert set(data.fit[c][0]) == set(component_spec(bundled_model, c, 1, state).inputs), c
     # The encoder saw the decoded frames of the first calibration clip, not random numbers.
-    first = next(chunks(media_files("synthetic", 1)[0], ChunkSpec.from_config(bundled_model.cfg)))
+    first = next(chunks(media_files("synthetic", 1, synthetic_media)[0], ChunkSpec.from_config(bundled_model.cfg)))
     np.testing.assert_allclose(data.fit["chunk_encoder"][0]["video"][0], first.frames / 255.0, atol=1e-6)
     np.testing.assert_allclose(data.fit["chunk_encoder"][0]["mel"][0], first.mel, atol=1e-5)
     # The AR step's state is the one the stream built: position counts the chunks of each clip.
@@ -63,3 +66,8 @@ def test_too_little_media_says_what_is_needed(bundled_model, tmp_path):
         _collect(bundled_model, min_samples=50)
     with pytest.raises(CalibrationError, match="not a directory"):
         _collect(bundled_model, tmp_path / "nowhere")
+
+
+def test_synthetic_media_without_a_generator_says_what_to_give(bundled_model):
+    with pytest.raises(CalibrationError, match="'synthetic' needs a clip generator.*give a directory of clips"):
+        _collect(bundled_model, synthetic=None)

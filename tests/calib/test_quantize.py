@@ -6,6 +6,8 @@ from onnx import numpy_helper
 from mirasol_edge.calib.awq import best_scale, fake_int4
 from mirasol_edge.calib.collect import collect
 from mirasol_edge.calib.quantize import QuantizationError, linear_layers, quantize_component
+from mirasol_edge.demo.hooks import synthetic_media
+from mirasol_edge.demo.synthetic import QUESTIONS
 from mirasol_edge.toolkit.export import component_spec, export_onnx
 
 
@@ -14,7 +16,8 @@ def encoder_fp32(bundled_model, tmp_path_factory):
     """The bundled model's chunk encoder exported in fp32, and real calibration inputs for it."""
     path = tmp_path_factory.mktemp("graphs") / "chunk_encoder.onnx"
     export_onnx(component_spec(bundled_model, "chunk_encoder", 1, bundled_model.init_state(1)), path)
-    data = collect(bundled_model, "synthetic", 4, max_samples=64, min_samples=4, held_out=0.25, weights_hash="t")
+    data = collect(bundled_model, "synthetic", 4, max_samples=64, min_samples=4, held_out=0.25, weights_hash="t",
+                   questions=list(QUESTIONS.values()), synthetic=synthetic_media)
     return path, data.fit["chunk_encoder"], data.held_out["chunk_encoder"]
 
 

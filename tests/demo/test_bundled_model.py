@@ -9,10 +9,12 @@ from click.testing import CliRunner
 from mirasol_edge.assets import BUNDLED_CHECKPOINT, SAMPLE_CLIP, SAMPLE_QUESTIONS
 from mirasol_edge.cli.run import main as mirasol_run
 from mirasol_edge.demo.dataset import decode_clips
+from mirasol_edge.demo.train import streaming_accuracy
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, ShortSource, chunks
 from mirasol_edge.runtime.stream import MirasolStream
 from mirasol_edge.toolkit import Mirasol
-from mirasol_edge.toolkit.train import streaming_accuracy
+
+pytestmark = pytest.mark.slow  # builds and answers through the real runtime: minutes
 
 CHECKPOINT = BUNDLED_CHECKPOINT
 SAMPLE = json.loads(SAMPLE_QUESTIONS.read_text())

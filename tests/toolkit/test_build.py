@@ -73,6 +73,35 @@ def test_rebuild_is_incremental(cpu_build, tiny_checkpoint):
         n: c["engine_sha256"] for n, c in first["components"].items()}
 
 
+def test_changed_code_rebuilds_instead_of_reusing(cpu_build, tiny_checkpoint, monkeypatch):
+    from mirasol_edge.toolkit import cache
+
+    out, first = cpu_build
+    monkeypatch.setattr(cache, "code_hash", lambda: "an edited exporter")
+    again = build(load_recipe("cpu"), out, checkpoint=tiny_checkpoint)
+    assert not any(c.get("reused") for c in again["components"].values())
+    assert all(again["components"][n]["build_key"] != first["components"][n]["build_key"] for n in COMPONENTS)
+
+
+def test_code_hash_follows_the_content_of_the_code(tmp_path, monkeypatch):
+    import shutil
+
+    from mirasol_edge.toolkit import cache
+
+    copy = tmp_path / "mirasol_edge"
+    shutil.copytree(cache.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    monkeypatch.setattr(cache, "PACKAGE", copy)
+    cache.code_hash.cache_clear()
+    try:
+        before = cache.code_hash()
+        export = copy / "toolkit" / "export.py"
+        export.write_text(export.read_text() + "\n# an edit\n")
+        cache.code_hash.cache_clear()
+        assert cache.code_hash() != before
+    finally:
+        cache.code_hash.cache_clear()
+
+
 def test_rtx_build_makes_real_engines(tmp_path, tiny_checkpoint):
     trt = pytest.importorskip("tensorrt_rtx")
     out = tmp_path / "tiny-rtx"
@@ -90,6 +119,10 @@ def test_rtx_build_makes_real_engines(tmp_path, tiny_checkpoint):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
     assert any(n.op_type == "Cast" for n in graph.node)
     assert manifest["components"]["text_prefill"]["profiles"]["tokens"]["max"] == [1, 50]
+    again = build(load_recipe("rtx"), out, checkpoint=tiny_checkpoint)  # fp16, twice into the same folder
+    assert all(c["reused"] for c in again["components"].values())
+    assert {n: c["engine_sha256"] for n, c in again["components"].items()} == {
+        n: c["engine_sha256"] for n, c in manifest["components"].items()}
 
 
 def test_bundle_then_engine_on_device(tmp_path, tiny_checkpoint):

@@ -18,18 +18,17 @@ from pathlib import Path
 import click
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
-from mirasol_edge.bench.stats import stats
+from mirasol_edge.bench.report import plot, print_table
+from mirasol_edge.bench.stats import STAGES, stats
 from mirasol_edge.errors import MirasolError
 from mirasol_edge.runtime import machine
 from mirasol_edge.runtime.backends import split_backend
 from mirasol_edge.runtime.engine_dir import EngineDir
-from mirasol_edge.runtime.files import atomic_path
 from mirasol_edge.runtime.stream import MirasolEngines, RawChunk
 
 SCHEMA = "mirasol-bench/1"
-STAGES = ("decode", "encode", "ar_step", "prefill", "decode_token")
+__all__ = ["SCHEMA", "STAGES", "bench", "main"]
 DEFAULT_QUESTION = "what colour is the square?"
 
 
@@ -263,75 +262,6 @@ def _report(runs: list[Run], dirs: list[EngineDir], src: Source, chunks: int, wa
             "peak_rss_mib": machine.peak_rss_mib(), "runs": out_runs}
 
 
-def plot(report: dict, path: Path) -> None:
-    """Per-stage latency CDF, push latency against chunk index, stacked stage breakdown per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = report["runs"]
-    fig, (cdf, by_chunk, stacked) = plt.subplots(1, 3, figsize=(17, 4.8))
-    for i, run in enumerate(runs):
-        colour = f"C{i}"
-        lat = np.sort(run["push_ms_by_chunk"])
-        cdf.plot(lat, np.arange(1, len(lat) + 1) / len(lat), color=colour, label=f"{run['label']} push")
-        by_chunk.plot(run["push_ms_by_chunk"], ",", color=colour, alpha=0.6)
-        by_chunk.plot(np.convolve(run["push_ms_by_chunk"], np.ones(10) / 10, mode="valid"), color=colour,
-                      label=f"{run['label']} (10-chunk mean)")
-    cdf.set(xscale="log", xlabel="ms", ylabel="fraction of pushes", title="push latency CDF")
-    by_chunk.set(xlabel="chunk index (after warm-up)", ylabel="push ms", title="push latency vs chunk index")
-    bottoms = np.zeros(len(runs))
-    for stage in STAGES:
-        values = np.array([(r["stages_ms"][stage] or {}).get("p50", 0.0) for r in runs])
-        stacked.bar([r["label"] for r in runs], values, bottom=bottoms, label=stage)
-        bottoms += values
-    stacked.set(ylabel="ms (p50; decode per chunk, decode_token per token)", title="stage breakdown")
-    stacked.tick_params(axis="x", labelrotation=15)
-    for ax in (cdf, by_chunk, stacked):
-        ax.legend(fontsize=7)
-    m = report["machine"]
-    fig.suptitle(f"mirasol-bench on {m['cpu']} ({m['cores']} cores)" + (f", {m['gpu']['name']}" if m["gpu"] else ""))
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-
-
-def print_table(report: dict, console: Console) -> None:
-    table = Table(title=f"mirasol-bench: {report['settings']['chunks']} chunks after {report['settings']['warmup']} "
-                        f"warm-up, {report['source']['description']}")
-    for col in ("run", "decode", "encode", "AR step", "prefill", "ms/token", "push p50/p99", "chunks/s", "RT factor",
-                "1st token", "vs first", "x floor (enc/AR)"):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for r in report["runs"]:
-        s, e = r["stages_ms"], r["end_to_end"]
-
-        def p50(stage, s=s):
-            return f"{s[stage]['p50']:.2f}" if s[stage] else "-"
-        floor = r["floor"] or {}
-        x = "/".join(str(floor.get(k, {}).get("x_floor", "-")) for k in ("encode", "ar_step")) if "encode" in floor \
-            else "-"
-        table.add_row(r["label"], p50("decode"), p50("encode"), p50("ar_step"), p50("prefill"), p50("decode_token"),
-                      f"{e['push_ms']['p50']:.2f}/{e['push_ms']['p99']:.2f}", f"{e['chunks_per_s']:.1f}",
-                      f"{e['realtime_factor']:.1f}x",
-                      f"{e['first_token_ms']['p50']:.2f}" if e["first_token_ms"] else "-",
-                      f"{r['ratio_vs_first']['encode']}x", x)
-    console.print(table)
-    console.print(f"peak host RSS {report['peak_rss_mib']} MiB (whole process); ceilings: "
-                  + (f"{report['ceilings']['flops_per_s'] / 1e9:.1f} GFLOP/s, "
-                     f"{report['ceilings']['bytes_per_s'] / 1e9:.1f} GB/s ({report['ceilings']['how']})"
-                     if "flops_per_s" in report["ceilings"] else report["ceilings"].get("unavailable", "")),
-                  highlight=False)
-    for r in report["runs"]:
-        if r["parallel"]:
-            p = r["parallel"]
-            console.print(f"{r['label']}: {p['streams']} streams (engine batch {p['engine_batch']}): "
-                          f"{p['chunks_per_s']} chunks/s, {p['realtime_streams']} real-time streams", highlight=False)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--engines", "-e", "engine_dirs", multiple=True, required=True, metavar="DIR[@BACKEND]",
               help="an engine directory, optionally @torch / @onnxruntime / @tensorrt-rtx ...; repeat to compare "
@@ -359,7 +289,7 @@ def main(engine_dirs, source, chunks, warmup, block, asks, question, streams, ba
     mirasol-bench -e engines/tiny-cpu --source samples/sample.mp4 --json out.json --plot out.png
     mirasol-bench -e engines/tiny-cpu -e engines/tiny-cpu@torch --plot cmp.png   # ONNX Runtime vs PyTorch
     """
-    from mirasol_edge.cli.common import err, fail
+    from mirasol_edge.console import err, fail
 
     try:
         json_path = Path(json_path) if json_path else None

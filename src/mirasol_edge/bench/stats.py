@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+STAGES = ("decode", "encode", "ar_step", "prefill", "decode_token")  # the stages mirasol-bench times
+
 
 def stats(values: list[float]) -> dict | None:
     if not values:

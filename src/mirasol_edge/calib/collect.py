@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ CALIB_SEED = 30_000_000  # synthetic calibration clips; training and held-out ev
 MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".ts", ".m4v"}
 
 Sample = dict[str, np.ndarray]
+SyntheticMedia = Callable[[int], list[Path]]  # clips wanted -> clip files
 
 
 class CalibrationError(MirasolError, ValueError):
@@ -61,28 +62,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirasol-edge" / "calib"
 
 
-def synthetic_media(clips: int, directory: Path | None = None) -> list[Path]:
-    """The demo generator's calibration clips as real files (written once, then reused)."""
-    from mirasol_edge.demo.synthetic import make_clip
-
-    directory = directory or cache_dir() / f"synthetic-{CALIB_SEED}"
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed in range(CALIB_SEED, CALIB_SEED + clips):
-        existing = sorted(directory.glob(f"clip-{seed}.*"))
-        if existing:
-            paths.append(existing[0])
-            continue
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:  # whole files only
-            path, _ = make_clip(seed, tmp)
-            os.replace(path, directory / path.name)
-            paths.append(directory / path.name)
-    return paths
-
-
-def media_files(media: str | Path, clips: int) -> list[Path]:
+def media_files(media: str | Path, clips: int, synthetic: SyntheticMedia | None = None) -> list[Path]:
+    """The recipe's calibration clips: a directory's, or ``synthetic``: clips made by ``synthetic``
+    (the demo task's generator, which mirasol-build passes in)."""
     if str(media) == "synthetic":
-        return synthetic_media(clips)
+        if synthetic is None:
+            raise CalibrationError("calibration.media = 'synthetic' needs a clip generator (mirasol-build passes the "
+                                   "demo task's); give a directory of clips instead")
+        return synthetic(clips)
     directory = Path(media)
     if not directory.is_dir():
         raise CalibrationError(f"calibration media {directory}: not a directory (or 'synthetic')")
@@ -92,12 +79,6 @@ def media_files(media: str | Path, clips: int) -> list[Path]:
     return files[:clips]
 
 
-def _questions() -> list[str]:
-    from mirasol_edge.demo.synthetic import QUESTIONS
-
-    return list(QUESTIONS.values())
-
-
 def _subsample(samples: list[Sample], limit: int) -> list[Sample]:
     if len(samples) <= limit:
         return samples
@@ -105,9 +86,11 @@ def _subsample(samples: list[Sample], limit: int) -> list[Sample]:
     return [samples[i] for i in keep]
 
 
-def _cache_key(files: list[Path], weights_hash: str, config_hash: str, max_samples: int, held_out: float) -> str:
+def _cache_key(files: list[Path], weights_hash: str, config_hash: str, max_samples: int, held_out: float,
+               questions: list[str]) -> str:
     text = json.dumps({"format": FORMAT, "media": [sha256_file(f) for f in files], "weights": weights_hash,
-                       "config": config_hash, "max_samples": max_samples, "held_out": held_out})
+                       "config": config_hash, "max_samples": max_samples, "held_out": held_out,
+                       "questions": questions})
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -138,10 +121,11 @@ def _load(path: Path, key: str) -> CalibrationSet | None:
 
 
 def collect(model, media: str | Path, clips: int, max_samples: int, min_samples: int, held_out: float,
-            weights_hash: str, progress=lambda msg: None) -> CalibrationSet:
+            weights_hash: str, questions: list[str], synthetic: SyntheticMedia | None = None,
+            progress=lambda msg: None) -> CalibrationSet:
     """Real inputs for every component; the last ``held_out`` fraction of the clips is kept for reports."""
-    files = media_files(media, clips)
-    key = _cache_key(files, weights_hash, model.cfg.hash(), max_samples, held_out)
+    files = media_files(media, clips, synthetic)
+    key = _cache_key(files, weights_hash, model.cfg.hash(), max_samples, held_out, questions)
     cached = cache_dir() / f"{key}.safetensors"
     if cached.is_file() and (data := _load(cached, key)) is not None:
         progress(f"calibration data from the cache ({cached.name[:12]}...)")
@@ -168,7 +152,7 @@ def collect(model, media: str | Path, clips: int, max_samples: int, min_samples:
         samples = {c: [] for c in COMPONENTS}
         for i, path in enumerate(part):
             progress(f"calibration: streaming {split} clip {i + 1}/{len(part)}")
-            for component, feeds in record_stream(model, path, _questions()).items():
+            for component, feeds in record_stream(model, path, questions).items():
                 samples[component] += feeds
         per_split[split] = {c: _subsample(s, max_samples) for c, s in samples.items()}
     data = CalibrationSet(per_split["fit"], per_split["held_out"], len(decoded), skipped, key)

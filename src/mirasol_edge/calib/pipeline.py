@@ -10,13 +10,23 @@ from mirasol_edge.toolkit.export import graph_io
 from mirasol_edge.toolkit.recipe import PIN_PARTS, Recipe, RecipeError
 from mirasol_edge.toolkit.source import ModelSource
 
-from .collect import CalibrationSet, collect
+from .collect import CalibrationSet, SyntheticMedia, collect
 from .quantize import QuantizationError, model_groups, quantize_component, tile_to_batch
 
 Progress = Callable[[str], None]
 
 
+# Questions asked of each calibration clip to record the text components' real inputs.
+GENERIC_QUESTIONS = ("what is happening?", "what colour is it?", "how many are there?", "which way does it move?")
+
+
 class Quantizer:
+    def __init__(self, questions: list[str] | tuple[str, ...] = GENERIC_QUESTIONS,
+                 synthetic: SyntheticMedia | None = None) -> None:
+        """``questions`` for the text components' calibration; ``synthetic(n)`` makes n clips for
+        ``calibration.media = "synthetic"`` (mirasol-build passes the demo task's)."""
+        self.questions, self.synthetic = list(questions), synthetic
+
     def check_pins(self, recipe: Recipe, source: ModelSource) -> None:
         """Every pinned layer group exists in this model (before any work)."""
         if not recipe.precision.pin:
@@ -38,7 +48,7 @@ class Quantizer:
                 "part by part (over 2 GB, like mirasol3b) is not supported yet; use fp16 for it")
         c = recipe.calibration
         return collect(source.model, c.media, c.clips, c.max_samples, c.min_samples, c.held_out,
-                       source.weights_hash, progress)
+                       source.weights_hash, self.questions, self.synthetic, progress)
 
     def quantize(self, name: str, fp32_path: Path, onnx_path: Path, recipe: Recipe, calibration: CalibrationSet,
                  progress: Progress) -> dict:

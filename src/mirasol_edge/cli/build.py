@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mirasol_edge.assets import BUNDLED_CHECKPOINT
-from mirasol_edge.cli.common import err, fail
+from mirasol_edge.console import err, fail
 
 
 def _summary(manifest: dict, out: str, seconds: float, as_json: bool) -> None:
@@ -53,10 +53,9 @@ def _progress(as_json: bool):
 
 def quantization_hooks() -> dict:
     """What a build needs for quantized components: calibration, and the demo task's answer check."""
-    from mirasol_edge.calib import Quantizer
-    from mirasol_edge.demo.answers import answer_check
+    from mirasol_edge.demo.hooks import answer_check, quantizer
 
-    return {"quantizer": Quantizer(), "answer_check": answer_check}
+    return {"quantizer": quantizer(), "answer_check": answer_check}
 
 
 def _run_build(recipe: str, overrides: tuple[str, ...], preset: str | None, checkpoint: str | None, out: str,

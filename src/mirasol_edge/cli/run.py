@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mirasol_edge.assets import SAMPLE_CLIP, SAMPLE_QUESTIONS
 from mirasol_edge.bench.stats import stats
-from mirasol_edge.cli.common import err, fail
+from mirasol_edge.console import err, fail
 from mirasol_edge.runtime.decode.chunks import LIVE_PREFIXES
 
 

@@ -67,7 +67,7 @@ def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str
 @click.option("--json", "as_json", is_flag=True, help="print a JSON report")
 def main(engine_dirs, clips, seed, backend, as_json):
     """Accuracy per question type of the synthetic audio-video QA task, answered through the runtime."""
-    from mirasol_edge.cli.common import err, fail
+    from mirasol_edge.console import err, fail
 
     reports = []
     try:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .components import COMPONENTS
+from .components import COMPONENTS, contracts
+from .config import MirasolConfig
 from .files import sha256_file
 from .manifest import MANIFEST, Component, Manifest, ManifestError, load_manifest, verify_file
 from .tokenizer import ByteTokenizer, Tokenizer
@@ -40,6 +41,23 @@ def verify_onnx(path: Path, name: str, entry: Component) -> Path:
     if entry.onnx_data:
         verify_file(path, entry.onnx_data.file, entry.onnx_data.sha256, f"{name} ONNX external data")
     return verify_file(path, entry.onnx, entry.onnx_sha256, f"{name} ONNX")
+
+
+def _check_contract(manifest: Manifest, where: Path) -> None:
+    """The engines take and give the tensors this runtime's component contract names."""
+    try:
+        cfg = MirasolConfig.from_dict(manifest.model["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{where}: model.config is not a Mirasol config ({exc})") from None
+    for name, contract in contracts(cfg, manifest.batch).items():
+        entry = manifest.components[name]
+        for kind, have, want in (("inputs", entry.inputs, contract.input_names),
+                                 ("outputs", entry.outputs, contract.output_names)):
+            found = [t.name for t in have]
+            if sorted(found) != sorted(want):
+                missing, extra = sorted(set(want) - set(found)), sorted(set(found) - set(want))
+                raise ManifestError(f"{where}: components.{name}.{kind} differ from this runtime's contract "
+                                    f"(missing {missing}, unexpected {extra}); rebuild with this version")
 
 
 def _tensors(entries) -> dict[str, TensorInfo]:
@@ -108,6 +126,7 @@ class EngineDir:
         missing = [c for c in COMPONENTS if c not in manifest.components]
         if missing:
             raise ManifestError(f"{where}: components {missing} are missing")
+        _check_contract(manifest, where)
         components = {}
         for name in COMPONENTS:
             entry = manifest.components[name]

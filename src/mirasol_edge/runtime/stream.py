@@ -17,72 +17,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mirasol_edge.errors import MirasolError, UsageError
+from mirasol_edge.errors import UsageError
 
 from .backends import Backend, create_backend, open_engines
 from .components import state_input, state_output
 from .engine_dir import EngineDir
 from .generate import greedy
+from .results import Answer, ChunkResult, ChunkShapeError, PushTimings, RawChunk, prepare_chunk
 from .snapshot import read_snapshot, read_snapshot_metadata, write_snapshot
 
+__all__ = ["Answer", "ChunkResult", "ChunkShapeError", "MirasolEngines", "MirasolStream", "PushTimings", "RawChunk"]
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # questions already warned about being cut
-
-
-class ChunkShapeError(MirasolError, ValueError):
-    """A pushed chunk does not have the shape the engines were built for."""
-
-    exit_code = 2
-
-
-@dataclass(frozen=True)
-class PushTimings:
-    upload_ms: float
-    encode_ms: float  # encoders + Combiner
-    ar_ms: float  # one AR step against the ring buffer
-    total_ms: float
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    index: int  # 0 for the first chunk this stream saw
-    outputs: np.ndarray  # [m, ar_width] the AR model's outputs for this chunk
-    timings: PushTimings
-    t0: float | None = None
-    t1: float | None = None
-    flags: int = 0
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    tokens: list[int]
-    chunks_seen: int  # the state that answered: after this many pushes
-    truncated: bool  # the question was cut to the engines' maximum
-    prefill_ms: float
-    first_token_ms: float  # from the call to the first answer token
-    decode_ms: float
-    total_ms: float
-
-    @property
-    def ms_per_token(self) -> float:
-        return self.decode_ms / max(1, len(self.tokens) - 1)
-
-
-@dataclass
-class RawChunk:
-    """A chunk from anywhere but the decoder: frames [F,H,W,3] and mel [T,n_mels]."""
-
-    frames: np.ndarray | None
-    mel: np.ndarray | None
-    t0: float | None = None
-    t1: float | None = None
-    flags: int = 0
 
 
 class MirasolEngines:
@@ -105,13 +55,17 @@ class MirasolEngines:
         self.mel_shape = tuple(encoder_inputs["mel"].shape[1:]) if "mel" in encoder_inputs else None
         self.initial_state = self.dir.initial_state()
         self._shared: dict = {}
+        # A batched build's runners are shared by every stream: one group at a time through them.
+        self.batch_lock = threading.Lock()
+        self._shared_lane = self.backend.lane() if self.batch > 1 else None
+        self._uploads: dict = {}
 
     def stream(self) -> MirasolStream:
         return MirasolStream(self)
 
     def shared_runner(self, component: str):
         if component not in self._shared:
-            self._shared[component] = self.backend.runner(component)
+            self._shared[component] = self.backend.runner(component, self._shared_lane)
         return self._shared[component]
 
     def push_many(self, streams: Sequence[MirasolStream], chunks: Sequence) -> list[ChunkResult]:
@@ -127,6 +81,8 @@ class MirasolEngines:
         return results
 
     def close(self) -> None:
+        for runner in self._shared.values():
+            runner.close()
         self._shared.clear()
         self.backend.close()
 
@@ -139,13 +95,16 @@ class MirasolStream:
         self._owns_engines = owns_engines
         backend = engines.backend
         single = engines.batch == 1  # a batch engine runs through the engines' shared runners
-        self._encoder = backend.runner("chunk_encoder") if single else None
-        self._ar = backend.runner("ar_step") if single else None
-        self._prefill = backend.runner("text_prefill")
-        self._decode = backend.runner("text_decode")
+        # Pushes and questions each run on their own lane, so an ask never lands in a push's capture.
+        self._push_lane, self._ask_lane = (backend.lane() if single else None), backend.lane()
+        self._encoder = backend.runner("chunk_encoder", self._push_lane) if single else None
+        self._ar = backend.runner("ar_step", self._push_lane) if single else None
+        self._prefill = backend.runner("text_prefill", self._ask_lane)
+        self._decode = backend.runner("text_decode", self._ask_lane)
         self._lock = threading.Lock()  # the state and the runners that write it
         self._ask_lock = threading.Lock()  # the text runners
-        self._uploads: dict = {}
+        self._uploads: dict = {}  # the push path's input buffers, reused (fixed device addresses)
+        self._ask_uploads: dict = {}  # the question path's
         self._state = {name: backend.upload(a) for name, a in engines.initial_state.items()}
         self.chunks_seen = 0
         self.closed = False
@@ -162,8 +121,14 @@ class MirasolStream:
         self.close()
 
     def close(self) -> None:
-        with self._lock:
+        with self._ask_lock, self._lock:
+            if self.closed:
+                return
             self._state.clear()
+            self._uploads.clear()
+            for runner in (self._encoder, self._ar, self._prefill, self._decode):
+                if runner is not None:
+                    runner.close()
             self.closed = True
         if self._owns_engines:
             self.engines.close()
@@ -209,7 +174,9 @@ class MirasolStream:
             with self._lock:  # read the state once; pushes may go on while the answer decodes
                 self._check_open()
                 seen = self.chunks_seen
-                out = self._prefill.run({"tokens": backend.upload(prompt), "context": self._state["context"],
+                tokens_in = self._ask_uploads["tokens"] = backend.upload(prompt, self._ask_uploads.get("tokens"),
+                                                                         self._ask_lane)
+                out = self._prefill.run({"tokens": tokens_in, "context": self._state["context"],
                                          "pos": self._state["pos"]})
                 logits = backend.download(out["logits"])
             prefill_ms = (time.perf_counter() - start) * 1e3
@@ -219,7 +186,6 @@ class MirasolStream:
             first_token_ms = decode_start = None
             tokens: list[int] = []
             text = ""
-            token_buf = None
 
             def emitted(token: int) -> None:
                 nonlocal first_token_ms, decode_start, text
@@ -233,9 +199,10 @@ class MirasolStream:
                     text = new_text
 
             def step(token: int) -> np.ndarray:
-                nonlocal token_buf, past
-                token_buf = backend.upload(np.array([[token]], dtype=np.int64), into=token_buf)
-                out = self._decode.run({"token": token_buf, **past, **cross})
+                nonlocal past
+                token_in = self._ask_uploads["token"] = backend.upload(
+                    np.array([[token]], dtype=np.int64), self._ask_uploads.get("token"), self._ask_lane)
+                out = self._decode.run({"token": token_in, **past, **cross})
                 past = {n.replace("present.", "past.", 1): v for n, v in out.items() if n.startswith("present.")}
                 return backend.download(out["logits"])[0]
 
@@ -282,36 +249,15 @@ class MirasolStream:
             self.chunks_seen = seen
 
 
-def _prepare(engines: MirasolEngines, chunk) -> tuple[np.ndarray, np.ndarray | None]:
-    frames = getattr(chunk, "frames", None)
-    if frames is None:
-        raise ChunkShapeError("chunk has no frames")
-    frames = np.asarray(frames)
-    if tuple(frames.shape) != engines.video_shape:
-        raise ChunkShapeError(
-            f"chunk frames: expected shape {list(engines.video_shape)} (frames, height, width, RGB) for these "
-            f"engines, got {list(frames.shape)}"
-        )
-    video = frames.astype(engines.video_dtype) / 255.0 if frames.dtype == np.uint8 else frames
-    mel = None
-    if engines.mel_shape is not None:
-        mel = getattr(chunk, "mel", None)
-        if mel is None:
-            raise ChunkShapeError(f"chunk mel: these engines need audio of shape {list(engines.mel_shape)}")
-        mel = np.asarray(mel, dtype=np.float32)
-        if tuple(mel.shape) != engines.mel_shape:
-            raise ChunkShapeError(
-                f"chunk mel: expected shape {list(engines.mel_shape)} (mel frames, mel bins), got {list(mel.shape)}"
-            )
-    return video.astype(engines.video_dtype, copy=False), mel
-
-
 def _push_group(engines: MirasolEngines, streams: list[MirasolStream], chunks: list) -> list[ChunkResult]:
     """Encode + one AR step for up to ``batch`` streams at once; each stream keeps its own state."""
     start = time.perf_counter()
-    prepared = [_prepare(engines, c) for c in chunks]  # bad input is refused before any state changes
+    # Bad input is refused before any state changes.
+    prepared = [prepare_chunk(c, engines.video_shape, engines.video_dtype, engines.mel_shape) for c in chunks]
     backend, batch = engines.backend, engines.batch
     locks = sorted((s._lock for s in streams), key=id)
+    if batch > 1:
+        locks.append(engines.batch_lock)  # taken last, so every group takes its locks in one order
     for lock in locks:
         lock.acquire()
     try:
@@ -320,6 +266,8 @@ def _push_group(engines: MirasolEngines, streams: list[MirasolStream], chunks: l
         lead = streams[0]
         encoder = lead._encoder or engines.shared_runner("chunk_encoder")
         ar = lead._ar or engines.shared_runner("ar_step")
+        lane = lead._push_lane if batch == 1 else engines._shared_lane
+        uploads = lead._uploads if batch == 1 else engines._uploads
 
         def batched(arrays: list[np.ndarray]) -> np.ndarray:
             if batch == 1:
@@ -329,38 +277,40 @@ def _push_group(engines: MirasolEngines, streams: list[MirasolStream], chunks: l
 
         def state(name: str):
             values = [s._state[name] for s in streams]
-            return values[0] if batch == 1 else backend.stack(values, batch)
+            return values[0] if batch == 1 else backend.stack(values, batch, key=name, lane=lane)
 
-        feeds = {"video": backend.upload(batched([v for v, _ in prepared]), into=lead._uploads.get("video"))}
-        lead._uploads["video"] = feeds["video"]
+        def upload(name: str, arrays: list[np.ndarray]):
+            uploads[name] = backend.upload(batched(arrays), uploads.get(name), lane)
+            return uploads[name]
+
+        marks = [backend.mark(lane)]
+        feeds = {"video": upload("video", [v for v, _ in prepared])}
         if engines.mel_shape is not None:
-            feeds["mel"] = backend.upload(batched([m for _, m in prepared]), into=lead._uploads.get("mel"))
-            lead._uploads["mel"] = feeds["mel"]
-        has_memory = "memory" in engines.initial_state
-        if has_memory:
+            feeds["mel"] = upload("mel", [m for _, m in prepared])
+        if "memory" in engines.initial_state:
             feeds["past.memory"] = state("memory")
-        t_upload = time.perf_counter()
+        marks.append(backend.mark(lane))
         encoded = encoder.run(feeds)
-        t_encode = time.perf_counter()
+        marks.append(backend.mark(lane))
         ar_feeds = {"latents": encoded["latents"]}
         for name in engines.initial_state:
             if name != "memory":
                 ar_feeds[state_input(name)] = state(name)
         stepped = ar.run(ar_feeds)
-        outputs = backend.download(stepped["outputs"])
-        t_ar = time.perf_counter()
+        marks.append(backend.mark(lane))
+        outputs = backend.download(stepped["outputs"])  # the push's one wait for the device
 
         new_states = {name: (encoded if name == "memory" else stepped)[state_output(name)]
                       for name in engines.initial_state}
         if batch == 1:
             per_stream = [new_states]
-        else:
-            split = {name: backend.unstack(v, len(streams)) for name, v in new_states.items()}
+        else:  # into each stream's previous state buffers: consumed above, so free to overwrite
+            split = {name: backend.unstack(v, len(streams), [s._state[name] for s in streams], lane)
+                     for name, v in new_states.items()}
             per_stream = [{name: split[name][i] for name in new_states} for i in range(len(streams))]
         results = []
-        end = time.perf_counter()
-        timings = PushTimings((t_upload - start) * 1e3, (t_encode - t_upload) * 1e3, (t_ar - t_encode) * 1e3,
-                              (end - start) * 1e3)
+        upload_ms, encode_ms, ar_ms = (backend.elapsed_ms(a, b) for a, b in zip(marks, marks[1:]))
+        timings = PushTimings(upload_ms, encode_ms, ar_ms, (time.perf_counter() - start) * 1e3)
         for i, (s, chunk) in enumerate(zip(streams, chunks)):
             s._state = per_stream[i]  # the swap: ask sees the new state from here on
             results.append(ChunkResult(s.chunks_seen, outputs[i], timings, getattr(chunk, "t0", None),

@@ -73,20 +73,21 @@ class TorchBackend(Backend):
             for name, info in engines.components.items()
         }
 
-    def runner(self, component: str) -> Runner:
+    def runner(self, component: str, lane: object | None = None) -> Runner:
         return self.runners[component]
 
-    def upload(self, array: np.ndarray, into: DeviceArray | None = None) -> DeviceArray:
+    def upload(self, array: np.ndarray, into: DeviceArray | None = None, lane: object | None = None) -> DeviceArray:
         return self.torch.from_numpy(np.array(array)).to(self.device)
 
     def download(self, value: DeviceArray) -> np.ndarray:
         return value.detach().cpu().numpy()
 
-    def stack(self, values: list[DeviceArray], batch: int) -> DeviceArray:
+    def stack(self, values: list[DeviceArray], batch: int, key: str = "", lane: object | None = None) -> DeviceArray:
         pad = [self.torch.zeros_like(values[0])] * (batch - len(values))
         return self.torch.cat(values + pad)
 
-    def unstack(self, value: DeviceArray, count: int) -> list[DeviceArray]:
+    def unstack(self, value: DeviceArray, count: int, into: list | None = None,
+                lane: object | None = None) -> list[DeviceArray]:
         return [value[i : i + 1].clone() for i in range(count)]
 
     def describe(self) -> dict:
@@ -146,11 +147,11 @@ class RecordingBackend(Backend):
         self.inner, self.name, self.device = inner, f"recording {inner.name}", inner.device
         self.records: dict[str, list[dict[str, np.ndarray]]] = {c: [] for c in COMPONENTS}
 
-    def runner(self, component: str) -> Runner:
-        return RecordingRunner(self.inner.runner(component), self.inner, self.records[component])
+    def runner(self, component: str, lane: object | None = None) -> Runner:
+        return RecordingRunner(self.inner.runner(component, lane), self.inner, self.records[component])
 
-    def upload(self, array: np.ndarray, into: DeviceArray | None = None) -> DeviceArray:
-        return self.inner.upload(array, into)
+    def upload(self, array: np.ndarray, into: DeviceArray | None = None, lane: object | None = None) -> DeviceArray:
+        return self.inner.upload(array, into, lane)
 
     def download(self, value: DeviceArray) -> np.ndarray:
         return self.inner.download(value)

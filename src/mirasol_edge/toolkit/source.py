@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from torch import nn
 
 from mirasol_edge.errors import UsageError
@@ -24,18 +24,14 @@ from mirasol_edge.runtime.files import sha256_file
 
 from .autoregressive import AutoregressiveModel
 from .model import ChunkEncoder, Mirasol
+from .summary import meta_model, on_meta
 from .text import TextDecoder
-from .weights import CheckpointError, load_model, read_config
+from .weights import check_checkpoint_tensors, load_model, read_config
 
 PARTS = {"chunk_encoder": ChunkEncoder, "ar": AutoregressiveModel, "text": TextDecoder}
 COMPONENT_PARTS = {"chunk_encoder": "chunk_encoder", "ar_step": "ar", "text_prefill": "text", "text_decode": "text"}
 # Above this many fp32 bytes a model is built part by part.
 WHOLE_MODEL_BYTES = 2 << 30
-
-
-def _skeleton(cfg: MirasolConfig) -> Mirasol:
-    with torch.device("meta"):
-        return Mirasol(cfg).eval()
 
 
 def fp32_bytes(module: nn.Module) -> int:
@@ -81,8 +77,7 @@ class ModelSource:
     def release(self, part: str) -> None:
         """Give a part's memory back (part-by-part mode only; a whole model stays whole)."""
         if self.by_part and part in self._real:
-            with torch.device("meta"):
-                setattr(self.model, part, PARTS[part](self.cfg).eval())
+            setattr(self.model, part, on_meta(PARTS[part], self.cfg))
             self._real.discard(part)
 
     def release_all(self) -> None:
@@ -111,29 +106,11 @@ class ModelSource:
         return module
 
 
-def _check_checkpoint_tensors(path: Path, skeleton: Mirasol) -> None:
-    """Names and shapes from the file's header against the config, without reading the data."""
-    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except SafetensorError as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
-    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
-    if missing:
-        raise CheckpointError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
-    if extra:
-        raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} extra in all)")
-    for name, shape in expected.items():
-        if shapes[name] != shape:
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(shapes[name])}, the config needs {list(shape)}")
-
-
 def load_source(checkpoint: str | Path | None, preset: str | None, seed: int = 0) -> ModelSource:
     if (checkpoint is None) == (preset is None):
         raise UsageError("give exactly one of a checkpoint or a preset")
     cfg = read_config(Path(checkpoint)) if checkpoint is not None else MirasolConfig.preset(preset)
-    skeleton = _skeleton(cfg)
+    skeleton = meta_model(cfg)
     by_part = fp32_bytes(skeleton) > WHOLE_MODEL_BYTES
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -141,7 +118,7 @@ def load_source(checkpoint: str | Path | None, preset: str | None, seed: int = 0
         description = {"checkpoint": str(path), "sha256": digest}
         if not by_part:
             return ModelSource(load_model(path), description, digest)
-        _check_checkpoint_tensors(path, skeleton)
+        check_checkpoint_tensors(path, skeleton)
         return ModelSource(skeleton, description | {"loaded": "part by part"}, digest, True, path)
     description = {"preset": preset, "seed": seed, "weights": "random init"}
     if not by_part:

@@ -9,9 +9,14 @@ from mirasol_edge.runtime.config import MirasolConfig
 from .model import Mirasol
 
 
-def meta_model(cfg: MirasolConfig) -> Mirasol:
+def on_meta(factory, *args):
+    """``factory(*args)`` with every parameter on PyTorch's meta device: shapes, no memory."""
     with torch.device("meta"):
-        return Mirasol(cfg)
+        return factory(*args).eval()
+
+
+def meta_model(cfg: MirasolConfig) -> Mirasol:
+    return on_meta(Mirasol, cfg)
 
 
 def parameter_counts(cfg: MirasolConfig) -> dict[str, int]:

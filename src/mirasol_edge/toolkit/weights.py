@@ -71,27 +71,31 @@ def read_config(path: str | Path) -> MirasolConfig:
         raise CheckpointError(f"{path}: bad config in metadata: {exc}") from None
 
 
-def load_state_dict_checked(model: torch.nn.Module, path: Path) -> None:
-    """Load tensors into ``model``, naming the first tensor that is missing, extra or mis-shaped."""
-    expected = model.state_dict()
+def check_checkpoint_tensors(path: Path, model: torch.nn.Module) -> None:
+    """Names and shapes in the file's header against ``model`` (real or on meta), without reading
+    the data; names the first tensor that is missing, extra or mis-shaped."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         with safe_open(str(path), framework="pt") as f:
-            names = set(f.keys())
-            missing = sorted(set(expected) - names)
-            extra = sorted(names - set(expected))
-            if missing:
-                raise CheckpointError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
-            if extra:
-                raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} extra in all)")
-            loaded = {}
-            for name in sorted(names):
-                tensor = f.get_tensor(name)
-                if tuple(tensor.shape) != tuple(expected[name].shape):
-                    raise CheckpointError(
-                        f"{path}: tensor {name!r} has shape {list(tensor.shape)}, "
-                        f"the config needs {list(expected[name].shape)}"
-                    )
-                loaded[name] = tensor
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing:
+        raise CheckpointError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
+    if extra:
+        raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r} ({len(extra)} extra in all)")
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(shapes[name])}, the config needs {list(shape)}")
+
+
+def load_state_dict_checked(model: torch.nn.Module, path: Path) -> None:
+    """Load tensors into ``model`` once their names and shapes are checked."""
+    check_checkpoint_tensors(path, model)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            loaded = {name: f.get_tensor(name) for name in f.keys()}
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
     model.load_state_dict(loaded)

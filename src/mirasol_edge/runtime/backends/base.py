@@ -8,6 +8,7 @@ a trip through the host. Only ``upload`` and ``download`` cross the host boundar
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -44,31 +45,51 @@ class Runner(ABC):
     @abstractmethod
     def _run(self, feeds: dict[str, DeviceArray]) -> dict[str, DeviceArray]: ...
 
+    def close(self) -> None:  # noqa: B027 - a runner that holds nothing has nothing to release
+        """Release what this runner holds on the device."""
+
 
 class Backend(ABC):
     name: str
     device: str
 
-    @abstractmethod
-    def runner(self, component: str) -> Runner:
-        """A runner for the component; the backend decides what runners share."""
+    def lane(self) -> object | None:
+        """An ordered queue of device work for one path of one stream (its pushes, or its
+        questions): a CUDA stream on TensorRT, nothing where the backend orders work itself."""
+        return None
 
     @abstractmethod
-    def upload(self, array: np.ndarray, into: DeviceArray | None = None) -> DeviceArray:
-        """Host -> device; ``into`` is a previous upload the backend may reuse (fixed addresses)."""
+    def runner(self, component: str, lane: object | None = None) -> Runner:
+        """A runner for the component, working on ``lane``; the backend decides what runners share."""
+
+    @abstractmethod
+    def upload(self, array: np.ndarray, into: DeviceArray | None = None, lane: object | None = None) -> DeviceArray:
+        """Host -> device; ``into`` is a previous upload the backend may reuse (fixed addresses);
+        with a ``lane`` the copy is ordered before that lane's later work."""
 
     @abstractmethod
     def download(self, value: DeviceArray) -> np.ndarray: ...
 
-    def stack(self, values: list[DeviceArray], batch: int) -> DeviceArray:
-        """Batch-1 arrays -> one array of ``batch`` rows (zero rows pad the rest)."""
+    def stack(self, values: list[DeviceArray], batch: int, key: str = "", lane: object | None = None) -> DeviceArray:
+        """Batch-1 arrays -> one array of ``batch`` rows (zero rows pad the rest); ``key`` names
+        the tensor, so a backend can keep one persistent buffer per tensor."""
         host = [self.download(v) for v in values]
         pad = [np.zeros_like(host[0])] * (batch - len(host))
         return self.upload(np.concatenate(host + pad))
 
-    def unstack(self, value: DeviceArray, count: int) -> list[DeviceArray]:
+    def unstack(self, value: DeviceArray, count: int, into: list | None = None,
+                lane: object | None = None) -> list[DeviceArray]:
+        """Rows -> batch-1 arrays; ``into`` are buffers the backend may overwrite (the streams' old state)."""
         host = self.download(value)
         return [self.upload(np.ascontiguousarray(host[i : i + 1])) for i in range(count)]
+
+    def mark(self, lane: object | None = None) -> object:
+        """A point in ``lane``'s work, for timing stages without waiting on the device between them."""
+        return time.perf_counter()  # synchronous backends: the host clock is the work's clock
+
+    def elapsed_ms(self, start: object, end: object) -> float:
+        """Milliseconds between two marks, once the work after ``end`` was waited for."""
+        return (end - start) * 1e3
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device}

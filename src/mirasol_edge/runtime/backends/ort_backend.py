@@ -68,10 +68,10 @@ class OrtBackend(Backend):
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
                 raise BackendError(f"{path}: onnxruntime cannot load {name}: {exc}") from None
 
-    def runner(self, component: str) -> Runner:
+    def runner(self, component: str, lane: object | None = None) -> Runner:
         return OrtRunner(self.sessions[component], self.device_type, component)
 
-    def upload(self, array: np.ndarray, into: DeviceArray | None = None) -> DeviceArray:
+    def upload(self, array: np.ndarray, into: DeviceArray | None = None, lane: object | None = None) -> DeviceArray:
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, 0)
 
     def download(self, value: DeviceArray) -> np.ndarray:

@@ -13,99 +13,39 @@ Last partial chunk: ``last="pad"`` repeats the last frame, pads silence and sets
 
 from __future__ import annotations
 
-import enum
 import io
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 
-from mirasol_edge.errors import MirasolError, UsageError
+from mirasol_edge.errors import UsageError
 
+from .choose import choose_decoder
 from .mel import log_mel
+from .types import (
+    LIVE_PREFIXES,
+    AbsurdDimensions,
+    Chunk,
+    ChunkSpec,
+    DecodeError,
+    EmptySource,
+    Flags,
+    NotMedia,
+    NoVideoStream,
+    ShortSource,
+    TruncatedMedia,
+    UnsupportedCodec,
+)
 
+__all__ = ["LIVE_PREFIXES", "AbsurdDimensions", "Chunk", "ChunkSpec", "DecodeError", "EmptySource", "Flags",
+           "NoVideoStream", "NotMedia", "ShortSource", "TruncatedMedia", "UnsupportedCodec", "chunks", "open_media"]
 log = logging.getLogger(__name__)
 MAX_DIMENSION = 16384
-LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")  # not files on disk
 GAP_PERIODS = 2.5  # variable frame rate sources stretch a period to 2x; a real loss is longer
-
-
-class DecodeError(MirasolError):
-    """Media could not be turned into chunks; the message names the source and the problem."""
-
-    exit_code = 3
-
-
-class EmptySource(DecodeError): ...
-
-
-class NotMedia(DecodeError): ...
-
-
-class NoVideoStream(DecodeError): ...
-
-
-class UnsupportedCodec(DecodeError): ...
-
-
-class AbsurdDimensions(DecodeError): ...
-
-
-class TruncatedMedia(DecodeError): ...
-
-
-class ShortSource(DecodeError): ...
-
-
-class Flags(enum.IntFlag):
-    NONE = 0
-    PADDED = 1  # last partial chunk, padded
-    SILENT = 2  # the source has no audio track: the mel is of silence
-    DAMAGED = 4  # frames in this chunk were lost (corrupt packets, or a gap the demuxer skipped)
-
-
-@dataclass(frozen=True)
-class ChunkSpec:
-    """What the model eats. Build it from the model config or an engine manifest."""
-
-    fps: float
-    frames_per_chunk: int
-    image_size: int
-    sample_rate: int
-    n_fft: int
-    hop_length: int
-    n_mels: int
-
-    @property
-    def chunk_seconds(self) -> float:
-        return self.frames_per_chunk / self.fps
-
-    @property
-    def samples_per_chunk(self) -> int:
-        return round(self.sample_rate * self.chunk_seconds)
-
-    @classmethod
-    def from_config(cls, config: Any) -> ChunkSpec:
-        """From a ``MirasolConfig`` or its dict (a manifest's ``model.config``)."""
-        get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
-        return cls(**{k: get(k) for k in cls.__dataclass_fields__})
-
-
-@dataclass
-class Chunk:
-    frames: np.ndarray  # [F, H, W, 3] uint8 RGB
-    mel: np.ndarray  # [T, n_mels] float32 dB
-    t0: float
-    t1: float
-    index: int
-    flags: Flags
-    damaged_frames: int = 0  # frames lost in this chunk: undecodable packets and gaps in the timestamps
-    decoder: str = "pyav"  # which path decoded the video: pyav, dali-cpu or dali-gpu
 
 
 def _describe(source: Any) -> str:
@@ -253,76 +193,6 @@ def _check_video(container, name: str):
     if not (0 < ctx.width <= MAX_DIMENSION and 0 < ctx.height <= MAX_DIMENSION):
         raise AbsurdDimensions(f"{name}: video is {ctx.width}x{ctx.height}; expected 1..{MAX_DIMENSION} per side")
     return vstream
-
-
-def probe_constant_rate(source: Any, packets: int = 64) -> Fraction | None:
-    """The exact frame rate if the first ``packets`` video timestamps are evenly spaced, else None.
-
-    Containers such as Matroska store no frame rate (FFmpeg then guesses 24) and round
-    timestamps to milliseconds, so the rate DALI's frame clock needs is measured from the
-    timestamps and snapped to the exact rate it rounds from (30, 30000/1001, ...).
-    """
-    if not isinstance(source, (str, Path)):
-        return None
-    try:
-        with av.open(str(source)) as probe:
-            stream = probe.streams.video[0]
-            declared = [r for r in (stream.average_rate, stream.guessed_rate) if r]
-            quantum = float(stream.time_base)
-            times = []
-            for packet in probe.demux(stream):
-                if packet.pts is not None:
-                    times.append(float(packet.pts * packet.time_base))
-                if len(times) >= packets:
-                    break
-    except (av.error.FFmpegError, IndexError):
-        return None
-    times = np.sort(times)
-    steps = np.diff(times)
-    if len(steps) < 2 or steps.min() <= 0 or steps.max() - steps.min() > 2 * quantum + 0.01 * steps.min():
-        return None
-    measured = (len(times) - 1) / (times[-1] - times[0])
-    nearest = round(measured)
-    for rate in (*declared, Fraction(nearest), Fraction(round(measured * 1.001) * 1000, 1001)):
-        if rate and abs(float(rate) - measured) <= 0.005 * measured:
-            return Fraction(rate)
-    return Fraction(measured).limit_denominator(1001)
-
-
-def choose_decoder(requested: str, source: Any, vstream, name: str) -> tuple[str, Fraction | None]:
-    """Which decoder runs this source (and, for DALI, the measured frame rate); a forced choice
-    that cannot work says why. ``auto`` only ever picks NVDEC: DALI's CPU decoder measured
-    slower than PyAV (bench/decode.py)."""
-    if requested == "pyav":
-        return "pyav", None
-    want = "dali-gpu" if requested == "auto" else requested
-    codec = vstream.codec_context.name
-    problem = _dali_problem(source, codec, want)
-    rate = None
-    if problem is None:  # the cheap checks passed; the rate probe reads the file
-        rate = probe_constant_rate(source)
-        problem = None if rate is not None else "the video has a variable frame rate, which DALI refuses"
-    if problem is None:
-        return want, rate
-    if requested == "auto":
-        return "pyav", None
-    device = "GPU" if want == "dali-gpu" else "CPU"
-    raise UnsupportedCodec(f"{name}: cannot decode {codec} with DALI's {device} decoder: {problem}")
-
-
-def _dali_problem(source: Any, codec: str, want: str) -> str | None:
-    from . import dali
-
-    if not dali.available():
-        return "DALI is not installed" + (" (and does not decode video on Jetson)" if dali.is_jetson() else "")
-    if isinstance(source, (bytes, bytearray, io.IOBase)) or str(source).startswith(LIVE_PREFIXES):
-        return "DALI decodes whole files, not live streams or byte buffers"
-    device, codecs = ("GPU", dali.NVDEC_CODECS) if want == "dali-gpu" else ("CPU", dali.CPU_CODECS)
-    if codec not in codecs:
-        return f"its {device} decoder takes {', '.join(sorted(codecs))}, not {codec}"
-    if want == "dali-gpu" and not dali.gpu_available():
-        return "no CUDA GPU is visible to DALI"
-    return None
 
 
 def _pyav_events(container, vstream, astream, name: str, state: dict) -> Iterator[tuple]:

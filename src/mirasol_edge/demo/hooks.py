@@ -1,15 +1,42 @@
-"""The build's answer check for quantized engines (``toolkit.build``'s ``answer_check`` hook):
-the demo task's exact match through the runtime, the fp32 reference (PyTorch) against the
-quantized graphs on ONNX Runtime (the engines themselves on a CPU build)."""
+"""What a build takes from the demo task (mirasol-build passes it in; the toolkit and calibration
+import nothing from here): its calibration clips and questions, and the answer check of
+quantized engines."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from mirasol_edge.calib import Quantizer
+from mirasol_edge.calib.collect import CALIB_SEED, cache_dir
 from mirasol_edge.calib.quantize import QuantizationError
 
 from .evaluate import evaluate
+from .synthetic import QUESTIONS, make_clip
+
+
+def quantizer() -> Quantizer:
+    """Calibration on the demo task: its generator's clips and its six questions."""
+    return Quantizer(list(QUESTIONS.values()), synthetic_media)
+
+
+def synthetic_media(clips: int, directory: Path | None = None) -> list[Path]:
+    """The demo generator's calibration clips as real files (written once, then reused)."""
+    directory = directory or cache_dir() / f"synthetic-{CALIB_SEED}"
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in range(CALIB_SEED, CALIB_SEED + clips):
+        existing = sorted(directory.glob(f"clip-{seed}.*"))
+        if existing:
+            paths.append(existing[0])
+            continue
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:  # whole files only
+            path, _ = make_clip(seed, tmp)
+            os.replace(path, directory / path.name)
+            paths.append(directory / path.name)
+    return paths
 
 
 def answer_check(staging: Path, recipe, progress: Callable[[str], None]) -> dict:

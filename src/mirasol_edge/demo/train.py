@@ -5,7 +5,7 @@ Losses: the answer's text loss (teacher forcing) and the paper's next-chunk late
 over whole clips; accuracy is measured the way it is used: chunk by chunk through
 ``encode_chunk`` and then ``answer``, on a held-out set with other seeds.
 
-    python -m mirasol_edge.toolkit.train --preset tiny --minutes 25 --out models/tiny-synthetic.safetensors
+    python -m mirasol_edge.demo.train --preset tiny --minutes 25 --out src/mirasol_edge/assets/tiny-synthetic.safetensors
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from mirasol_edge.demo.dataset import DecodedClip, cached_clips
 from mirasol_edge.demo.synthetic import HELDOUT_SEED, QUESTIONS
 from mirasol_edge.runtime.config import MirasolConfig
 from mirasol_edge.runtime.decode.chunks import ChunkSpec
-
-from .model import Mirasol
-from .tokenizer import prompt_ids
+from mirasol_edge.toolkit.model import Mirasol
+from mirasol_edge.toolkit.tokenizer import prompt_ids
 
 
 def text_batch(model: Mirasol, clips: list[DecodedClip], type_weights: dict[str, float] | None = None
@@ -159,7 +158,7 @@ def main() -> None:
     parser.add_argument("--weight", action="append", default=[], metavar="TYPE=W",
                         help="weigh a question type's answer loss, e.g. --weight direction=4")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/mirasol-synthetic/clips.npz"))
-    parser.add_argument("--out", type=Path, default=Path("models/tiny-synthetic.safetensors"))
+    parser.add_argument("--out", type=Path, default=Path("src/mirasol_edge/assets/tiny-synthetic.safetensors"))
     parser.add_argument("--report", type=Path, default=Path("bench/results/train-tiny.json"))
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -171,7 +170,7 @@ def main() -> None:
                           args.cache, weights)
     from mirasol_edge.runtime import machine
 
-    report["command"] = "python -m mirasol_edge.toolkit.train " + " ".join(
+    report["command"] = "python -m mirasol_edge.demo.train " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("cache", "weight")) + "".join(
         f" --weight {w}" for w in args.weight)
     report["machine"] = machine.describe()
