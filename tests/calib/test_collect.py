@@ -30,7 +30,7 @@ def test_records_every_components_real_inputs(bundled_model):
         assert set(data.fit[c][0]) == set(component_spec(bundled_model, c, 1, state).inputs), c
     # The encoder saw the decoded frames of the first calibration clip, not random numbers.
     first = next(chunks(media_files("synthetic", 1, synthetic_media)[0], ChunkSpec.from_config(bundled_model.cfg)))
-    np.testing.assert_allclose(data.fit["chunk_encoder"][0]["video"][0], first.frames / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(data.fit["chunk_encoder"][0]["video"][0], first.frames)  # uint8, as decoded
     np.testing.assert_allclose(data.fit["chunk_encoder"][0]["mel"][0], first.mel, atol=1e-5)
     # The AR step's state is the one the stream built: position counts the chunks of each clip.
     assert [int(s["past.pos"][0]) for s in data.fit["ar_step"][:7]] == [0, 1, 2, 3, 4, 5, 0]

@@ -126,3 +126,16 @@ def test_fp8_needs_compute_capability_8_9():
     with pytest.raises(RecipeError, match=r"precision\.ar_step: 'fp8' refused: compute capability 8\.6 has no FP8"):
         load_recipe("rtx", ["precision.ar_step=fp8"])
     assert load_recipe("rtx", ["precision.ar_step=fp8", 'target.compute_capabilities=["8.9", "12.0"]'])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("build.version_compatible=true", r"build\.version_compatible: TensorRT-RTX engines are tied to the release"),
+    ('target.compute_capabilities=["9.0"]', r"target\.compute_capabilities\[0\]: TensorRT-RTX builds for .*not '9\.0'"),
+])
+def test_rtx_recipes_refuse_what_tensorrt_rtx_cannot_do(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("rtx", [override])
+
+
+def test_version_compatibility_stays_open_to_full_tensorrt():
+    assert load_recipe("h100", ["build.version_compatible=true"]).build.version_compatible

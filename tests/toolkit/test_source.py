@@ -61,8 +61,11 @@ def test_part_by_part_build_equals_whole_build(by_part, tiny_checkpoint, tmp_pat
         feed = {}
         for i in a.get_inputs():
             shape = [d if isinstance(d, int) else 4 for d in i.shape]
-            feed[i.name] = (rng.integers(0, 5, shape) if "int" in i.type else rng.standard_normal(shape)).astype(
-                np.int64 if "int" in i.type else np.float32)
+            if i.type == "tensor(uint8)":  # frames, as decoded
+                feed[i.name] = rng.integers(0, 256, shape).astype(np.uint8)
+            else:
+                feed[i.name] = (rng.integers(0, 5, shape) if "int" in i.type else rng.standard_normal(shape)).astype(
+                    np.int64 if "int" in i.type else np.float32)
         for x, y in zip(a.run(None, feed), b.run(None, feed)):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=name)
 

@@ -3,7 +3,7 @@ export configs. Export, the build, calibration, every backend and the stream rea
 
 Names (state travels as ``past.X`` in, ``present.X`` out)::
 
-  chunk_encoder  video [B,F,H,W,3] f32, mel [B,T,n_mels] f32, past.memory [B,M,Dc]
+  chunk_encoder  video [B,F,H,W,3] u8 (as decoded), mel [B,T,n_mels] f32, past.memory [B,M,Dc]
                  -> latents [B,m,Dc], present.memory
   ar_step        latents [B,m,Dc], past.pos [B] i64, past.{i}.key/.value [B,H,W*m,dh], past.context [B,W*m,Dar]
                  -> outputs [B,m,Dar], present.pos, present.{i}.key/.value, present.context
@@ -52,6 +52,8 @@ class TensorSpec:
         shape = tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
         if self.dtype == "int64":
             return np.zeros(shape, np.int64)
+        if self.dtype == "uint8":
+            return rng.integers(0, 256, shape, dtype=np.uint8)
         return rng.standard_normal(shape).astype(self.dtype)
 
 
@@ -113,7 +115,7 @@ def contracts(cfg: MirasolConfig, batch: int = 1) -> dict[str, ComponentContract
         outs = [_t(state_output(n), state[n][0], state[n][1]) for n in names]
         return ins, outs, {n: (state_input(n), state_output(n)) for n in names}
 
-    enc_in = [_t("video", (b, cfg.frames_per_chunk, cfg.image_size, cfg.image_size, 3))]
+    enc_in = [_t("video", (b, cfg.frames_per_chunk, cfg.image_size, cfg.image_size, 3), "uint8")]
     if cfg.use_audio:
         enc_in.append(_t("mel", (b, cfg.mel_frames_per_chunk, cfg.n_mels)))
     mem_in, mem_out, mem_state = carried(["memory"] if "memory" in state else [])

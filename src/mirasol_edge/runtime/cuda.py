@@ -24,7 +24,8 @@ def _cudart():
         try:
             from cuda import cudart as runtime  # older cuda-python
         except ImportError as exc:
-            raise CudaError("the TensorRT backend needs cuda-python: pip install 'mirasol-edge[gpu]'") from exc
+            raise CudaError("cuda-python is not installed (the TensorRT backend needs it): "
+                            "pip install 'mirasol-edge[gpu]'") from exc
     return runtime
 
 

@@ -72,7 +72,15 @@ def prepare_chunk(chunk, video_shape: tuple, video_dtype: np.dtype,
             f"chunk frames: expected shape {list(video_shape)} (frames, height, width, RGB) for these "
             f"engines, got {list(frames.shape)}"
         )
+    if video_dtype == np.uint8:  # the engines scale on their device (builds from this version on)
+        if frames.dtype != np.uint8:
+            raise ChunkShapeError(f"chunk frames: these engines take uint8 RGB, got {frames.dtype}")
+        return np.ascontiguousarray(frames), _mel(chunk, mel_shape)
     video = frames.astype(video_dtype) / 255.0 if frames.dtype == np.uint8 else frames
+    return video.astype(video_dtype, copy=False), _mel(chunk, mel_shape)
+
+
+def _mel(chunk, mel_shape: tuple | None) -> np.ndarray | None:
     mel = None
     if mel_shape is not None:
         mel = getattr(chunk, "mel", None)
@@ -83,4 +91,4 @@ def prepare_chunk(chunk, video_shape: tuple, video_dtype: np.dtype,
             raise ChunkShapeError(
                 f"chunk mel: expected shape {list(mel_shape)} (mel frames, mel bins), got {list(mel.shape)}"
             )
-    return video.astype(video_dtype, copy=False), mel
+    return mel

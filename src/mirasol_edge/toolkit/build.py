@@ -38,7 +38,7 @@ from mirasol_edge.runtime.manifest import (
 )
 
 from .cache import build_key, previous_manifest, reusable, reuse
-from .engines import backend_version, build_engine, onnx_data_file, profiles_for
+from .engines import backend_version, build_engine, onnx_data_file, profiles_for, resolved_capabilities
 from .export import (
     ComponentSpec,
     ExportError,
@@ -138,8 +138,9 @@ def build(
                    "tokenizer": type(source.model.tokenizer).__name__},
             recipe={"path": recipe.path, **recipe.to_dict()},
             backend=BackendEntry(backend, backend_v, engines),
-            target=TargetEntry(t.name, t.device, tuple(t.compute_capabilities), recipe.build.hardware_compatibility,
-                               recipe.build.version_compatible),
+            target=TargetEntry(t.name, t.device, resolved_capabilities(t.compute_capabilities) if engines
+                               else tuple(t.compute_capabilities),
+                               recipe.build.hardware_compatibility, recipe.build.version_compatible),
             batch=recipe.build.batch, state=_write_initial_state(initial_state, staging),
             components={name: component_from_dict(entry, name) for name, entry in components.items()})
         manifest.write(staging)  # the answer check opens the staged engines

@@ -96,7 +96,12 @@ def build_tensorrt(
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if backend == "tensorrt-rtx":
         # Ahead-of-time build for the recipe's GPUs: works on a machine with no GPU.
-        ccs = [getattr(trt.ComputeCapability, "SM" + cc.replace(".", "")) for cc in recipe.target.compute_capabilities]
+        names = ["CURRENT" if cc == "current" else "SM" + cc.replace(".", "")
+                 for cc in recipe.target.compute_capabilities]
+        unknown = [n for n in names if not hasattr(trt.ComputeCapability, n)]
+        if unknown:
+            raise EngineBuildError(f"{recipe.path}: this TensorRT-RTX ({trt.__version__}) cannot target {unknown[0]}")
+        ccs = [getattr(trt.ComputeCapability, n) for n in names]
         config.num_compute_capabilities = len(ccs)
         for i, cc in enumerate(ccs):
             config.set_compute_capability(cc, i)
@@ -152,6 +157,19 @@ def onnx_data_file(graph: Path) -> Path | None:
     return data if data.is_file() else None
 
 
+def resolved_capabilities(capabilities) -> tuple[str, ...]:
+    """The recipe's compute capabilities with ``current`` replaced by this machine's GPU's."""
+    if "current" not in capabilities:
+        return tuple(capabilities)
+    from mirasol_edge.runtime.cuda import CudaError, compute_capability
+
+    try:
+        here = compute_capability()
+    except CudaError as exc:
+        raise EngineBuildError(f"compute capability 'current' means the GPU the build runs on; none here ({exc})") from None
+    return tuple(dict.fromkeys(here if cc == "current" else cc for cc in capabilities))
+
+
 def backend_version(backend: str) -> str:
     if backend == "onnxruntime":
         import onnxruntime
@@ -195,6 +213,8 @@ def build_engines_from_bundle(bundle: str | Path, progress: Callable[[str], None
                                    engine_data=file_ref(fields.pop("engine_data", None)),
                                    report={**entry.report, **fields})
     built = replace(manifest, components=components, machine=machine.describe(),
-                    backend=BackendEntry(backend, backend_version(backend), True))
+                    backend=BackendEntry(backend, backend_version(backend), True),
+                    target=replace(manifest.target,
+                                   compute_capabilities=resolved_capabilities(manifest.target.compute_capabilities)))
     built.write(bundle)
     return built.to_dict()

@@ -61,7 +61,9 @@ class ChunkEncoderGraph(nn.Module):
         rest = list(rest)
         mel = rest.pop(0) if self.use_audio else None
         memory = rest.pop(0) if self.has_memory else None
-        latents, memory = self.encoder(video, mel, memory)
+        # Frames arrive as decoded, uint8: the engine scales them on its device, so a chunk crosses
+        # to a GPU at a quarter of the float32 bytes and no CPU converts it.
+        latents, memory = self.encoder(video.to(torch.float32) / 255.0, mel, memory)
         return (latents, memory) if self.has_memory else (latents,)
 
 
@@ -118,7 +120,7 @@ def _examples(model: Mirasol, contract: ComponentContract, state: dict[str, Tens
     g = torch.Generator().manual_seed(0)
     carried = {inp: state[s] for s, (inp, _) in contract.state.items()}
     if name in ("chunk_encoder", "ar_step"):
-        random = {"video": lambda shape: torch.rand(*shape, generator=g),
+        random = {"video": lambda shape: torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),
                   "mel": lambda shape: torch.randn(*shape, generator=g) * 20 - 40,
                   "latents": lambda shape: torch.randn(*shape, generator=g)}
         return {t.name: carried[t.name] if t.name in carried else random[t.name](t.shape) for t in contract.inputs}

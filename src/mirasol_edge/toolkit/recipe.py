@@ -24,6 +24,8 @@ BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4")
 QUANTIZED = ("int8", "fp8", "int4")  # need calibration (explicit Q/DQ), see mirasol_edge.calib
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
+# What TensorRT-RTX's ComputeCapability enum offers for ahead-of-time builds (tensorrt_rtx 1.7).
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # package data: ships in the wheel
 DEFAULTS = RECIPES_DIR / "defaults.toml"
 
@@ -177,6 +179,8 @@ def parse_recipe(data: dict[str, Any], source: str) -> Recipe:
 
 
 def _cc(value: str) -> tuple[int, int]:
+    if value == "current":
+        return (99, 0)  # the build machine's GPU: whatever it is, it runs what it builds
     major, minor = value.split(".")
     return int(major), int(minor)
 
@@ -212,6 +216,8 @@ def check_recipe(recipe: Recipe) -> None:
     need(t.backend == "onnxruntime" or t.device == "cuda", "target.device",
          f"backend {t.backend!r} needs device 'cuda'")
     for i, cc in enumerate(t.compute_capabilities):
+        if cc == "current" and t.backend == "tensorrt-rtx":
+            continue  # resolved to the build machine's GPU when the engines are built
         try:
             _cc(cc)
         except ValueError:
@@ -231,6 +237,14 @@ def check_recipe(recipe: Recipe) -> None:
          f"target {t.name!r} has {t.dla_cores} DLA cores, so dla_core must be -1"
          + (f" or 0..{t.dla_cores - 1}" if t.dla_cores else ""))
     need(b.dla_core < 0 or t.backend == "tensorrt", "build.dla_core", "DLA needs the full TensorRT backend")
+    need(not (b.version_compatible and t.backend == "tensorrt-rtx"), "build.version_compatible",
+         "TensorRT-RTX engines are tied to the release that built them; only full TensorRT has version "
+         "compatibility (set false, and rebuild after upgrading TensorRT-RTX)")
+    if t.backend == "tensorrt-rtx":
+        for i, cc in enumerate(t.compute_capabilities):
+            need(cc in RTX_COMPUTE_CAPABILITIES or cc == "current", f"target.compute_capabilities[{i}]",
+                 f"TensorRT-RTX builds for {', '.join(RTX_COMPUTE_CAPABILITIES)} or 'current' (the GPU it is "
+                 f"built on), not {cc!r} (Hopper 9.0 and Jetson 8.7 take full TensorRT: the h100 or orin recipes)")
     need(b.hardware_compatibility == "none" or t.backend == "tensorrt", "build.hardware_compatibility",
          "only full TensorRT has hardware compatibility levels (TensorRT-RTX targets compute_capabilities)")
     need(b.hardware_compatibility != "ampere_plus" or all(_cc(c) >= (8, 0) for c in t.compute_capabilities),

@@ -44,13 +44,17 @@ def load_reference_model(engines: EngineDir):
 
 
 class TorchRunner(Runner):
-    def __init__(self, name: str, module, inputs: list[str], outputs: list[str]) -> None:
+    def __init__(self, name: str, module, inputs: list[str], outputs: list[str], autocast=None) -> None:
         self.name, self.module, self.input_names, self.outputs = name, module, inputs, outputs
+        self.autocast = autocast  # makes a torch.autocast for fp16 on CUDA; None for fp32
 
     def _run(self, feeds: dict[str, DeviceArray]) -> dict[str, DeviceArray]:
+        import contextlib
+
         import torch
 
-        with torch.no_grad():  # thread-local: set in the calling thread
+        cast = self.autocast() if self.autocast else contextlib.nullcontext()  # one per call: not reentrant
+        with torch.no_grad(), cast:  # thread-local: set in the calling thread
             outs = self.module(*(feeds[n] for n in self.input_names))
         return dict(zip(self.outputs, outs))
 
@@ -58,7 +62,8 @@ class TorchRunner(Runner):
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, engines: EngineDir, device: str = "auto", model=None) -> None:
+    def __init__(self, engines: EngineDir, device: str = "auto", model=None, precision: str = "fp32") -> None:
+        """``precision="fp16"`` runs the fp32 weights under CUDA autocast (LayerNorm and softmax stay fp32)."""
         import torch
 
         from . import export
@@ -68,8 +73,12 @@ class TorchBackend(Backend):
         self.torch = torch
         self.device = device
         model = (model or load_reference_model(engines)).to(device)
+        if precision not in ("fp32", "fp16") or (precision == "fp16" and not device.startswith("cuda")):
+            raise BackendError(f"the torch backend runs fp32, or fp16 on CUDA; not {precision} on {device}")
+        self.precision = precision
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if precision == "fp16" else None
         self.runners = {
-            name: TorchRunner(name, export.GRAPHS[name](model).eval(), list(info.inputs), list(info.outputs))
+            name: TorchRunner(name, export.GRAPHS[name](model).eval(), list(info.inputs), list(info.outputs), autocast)
             for name, info in engines.components.items()
         }
 
@@ -91,7 +100,8 @@ class TorchBackend(Backend):
         return [value[i : i + 1].clone() for i in range(count)]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device, "version": self.torch.__version__}
+        return {"backend": self.name, "device": self.device, "version": self.torch.__version__,
+                "precision": self.precision}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine_dir import EngineDir
+from ..engine_dir import EngineDir, verify_onnx
 from .base import Backend, BackendError, DeviceArray, Runner
 
 
@@ -48,8 +48,10 @@ class OrtBackend(Backend):
         self.device_type = "cuda" if device == "cuda" else "cpu"
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
 
-        # An ORT-optimized engine is tied to the version that wrote it; plain ONNX is portable.
-        use_engines = engines.backend == "onnxruntime" and all(c.engine for c in engines.components.values())
+        # An ORT-optimized engine is tied to the version and the provider that wrote it (the build
+        # optimizes for the CPU); on CUDA the plain ONNX is loaded and optimized online for CUDA.
+        use_engines = (device == "cpu" and engines.backend == "onnxruntime"
+                       and all(c.engine for c in engines.components.values()))
         if use_engines and engines.backend_version != ort.__version__:
             raise BackendError(
                 f"{engines.path}: engines were optimized by onnxruntime {engines.backend_version}, this machine "
@@ -62,7 +64,7 @@ class OrtBackend(Backend):
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.sessions = {}
         for name, info in engines.components.items():
-            path = info.engine if use_engines else info.onnx
+            path = info.engine if use_engines else verify_onnx(engines.path, name, engines.manifest.components[name])
             try:
                 self.sessions[name] = ort.InferenceSession(str(path), options, providers=providers)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph types

@@ -59,9 +59,11 @@ def frames(data: bytes, image_size: int, device: str = "cpu") -> Iterator[np.nda
 
     @pipeline_def(batch_size=1, num_threads=2, device_id=0 if device == "gpu" else None, prefetch_queue_depth=1)
     def pipeline():
+        # no_copy: DALI reads the caller's bytes in place (``data`` outlives the pipeline), so the
+        # file is held once, not twice.
         video = fn.experimental.inputs.video(name="video", sequence_length=SEQUENCE,
                                              device="mixed" if device == "gpu" else "cpu",
-                                             last_sequence_policy="partial")
+                                             last_sequence_policy="partial", no_copy=True)
         return fn.resize(video, resize_x=image_size, resize_y=image_size)
 
     pipe = pipeline()

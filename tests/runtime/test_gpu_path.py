@@ -1,0 +1,161 @@
+"""The GPU path's logic that needs no GPU: which buffer set a TensorRT step writes, which GPUs
+accept which engines, how the GPU tests are gated, and batched streams driven from threads."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from mirasol_edge.runtime.backends import BackendError
+from mirasol_edge.runtime.backends.trt_backend import gpu_accepts, output_set_for
+from mirasol_edge.runtime.cuda import gpu_problem
+from mirasol_edge.runtime.stream import MirasolEngines
+from mirasol_edge.toolkit.build import build
+from mirasol_edge.toolkit.recipe import load_recipe
+
+
+def test_a_step_never_writes_a_buffer_it_reads():
+    sets = [{10, 11}, {20, 21}]
+    assert output_set_for(sets, {10, 11}) == 1  # the usual swap
+    assert output_set_for(sets, {20, 21}) == 0
+    assert output_set_for(sets, {1, 2}) == 0  # fresh uploads: either will do
+    # after a failed step the next inputs may sit in set 1 though "the turn" says 1: still not 1
+    assert output_set_for(sets, {21, 5}) == 0
+    with pytest.raises(BackendError, match="every output buffer set holds one of this step's inputs"):
+        output_set_for(sets, {10, 21})
+
+
+@pytest.mark.parametrize("targets, found, level, ok", [
+    (["8.6", "8.9"], "8.9", "none", True),
+    (["8.6", "8.9"], "9.0", "none", False),
+    (["8.0"], "9.0", "ampere_plus", True),  # an ampere_plus engine runs on any Ampere or newer GPU
+    (["8.0"], "7.5", "ampere_plus", False),
+    ([], "12.0", "none", True),
+])
+def test_which_gpus_accept_which_engines(targets, found, level, ok):
+    assert gpu_accepts(targets, found, level) is ok
+
+
+def test_gpu_tests_are_gated_on_the_runtimes_own_probe(request):
+    problem = gpu_problem()
+    if problem is None:
+        pytest.skip("a GPU is here: the gate lets the requires_cuda tests run")
+    assert "cuda-python" in problem or "GPU" in problem
+    gated = [i for i in request.session.items if "requires_cuda" in i.keywords]
+    assert gated and all(any(m.name == "skip" for m in i.iter_markers()) for i in gated)
+
+
+@pytest.fixture(scope="module")
+def batch2(tmp_path_factory, lively_checkpoint):
+    out = tmp_path_factory.mktemp("engines") / "tiny-cpu-batch2"
+    build(load_recipe("cpu", ["build.batch=2"]), out, checkpoint=lively_checkpoint)
+    return out
+
+
+def test_batched_pushes_from_many_threads_keep_every_state_apart(batch2):
+    """Four cameras in two pairs, pushed from two threads through one batched engine's shared
+    runners: each camera's state equals the same camera pushed alone, in order."""
+    engines = MirasolEngines(batch2)
+    rng = np.random.default_rng(3)
+    shape, mel = engines.video_shape, engines.mel_shape
+    chunks = [[(rng.integers(0, 255, shape, dtype=np.uint8), rng.normal(-40, 10, mel).astype(np.float32))
+               for _ in range(6)] for _ in range(4)]
+    cams = [engines.stream() for _ in range(4)]
+
+    def drive(pair):
+        for k in range(6):
+            engines.push_many([cams[i] for i in pair], [chunks[i][k] for i in pair])
+
+    from mirasol_edge.runtime.results import RawChunk
+
+    chunks = [[RawChunk(f, m) for f, m in cam] for cam in chunks]
+    threads = [threading.Thread(target=drive, args=(pair,)) for pair in ((0, 1), (2, 3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i, cam in enumerate(cams):
+        alone = engines.stream()
+        for chunk in chunks[i]:
+            engines.push_many([alone], [chunk])
+        assert cam.chunks_seen == 6
+        np.testing.assert_allclose(cam.state()["context"], alone.state()["context"], atol=1e-5)
+    engines.close()
+
+
+def _rtx_here(engines_dir):
+    """Skip (saying why) where this GPU is not one the CI-built TensorRT-RTX engines target."""
+    pytest.importorskip("tensorrt_rtx")
+    from mirasol_edge.runtime.cuda import compute_capability
+    from mirasol_edge.runtime.engine_dir import EngineDir
+
+    targets = EngineDir.open(engines_dir).compute_capabilities
+    found = compute_capability()
+    if targets and found not in targets:
+        pytest.skip(f"TensorRT-RTX engines target {', '.join(targets)}; this GPU is {found}")
+
+
+@pytest.mark.requires_cuda
+def test_cuda_graphs_on_and_off_give_the_same_stream(tiny_rtx_engines):
+    _rtx_here(tiny_rtx_engines)
+    from mirasol_edge.runtime.stream import MirasolStream
+
+    from .test_stream import QUESTION, push_all
+
+    with MirasolStream.open(tiny_rtx_engines) as on, MirasolStream.open(tiny_rtx_engines, cuda_graphs=False) as off:
+        for a, b in zip(push_all(on, 10), push_all(off, 10)):
+            np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-3)
+        assert on.ask(QUESTION).text == off.ask(QUESTION).text
+        assert all(v for v in on.engines.backend.describe()["cuda_graphs"].values())
+
+
+@pytest.mark.requires_cuda
+def test_state_stays_on_the_device_between_pushes(tiny_rtx_engines, monkeypatch):
+    """Counting host <-> device copies: a push uploads its chunk and downloads its outputs, nothing else."""
+    _rtx_here(tiny_rtx_engines)
+    from mirasol_edge.runtime import cuda
+    from mirasol_edge.runtime.stream import MirasolStream
+
+    from .test_stream import push_all
+
+    with MirasolStream.open(tiny_rtx_engines) as stream:
+        push_all(stream, 3)
+        copies = {"up": 0, "down": 0}
+        up, down = cuda.DeviceBuffer.upload, cuda.DeviceBuffer.download
+        monkeypatch.setattr(cuda.DeviceBuffer, "upload", lambda *a: (copies.__setitem__("up", copies["up"] + 1), up(*a))[1])
+        monkeypatch.setattr(cuda.DeviceBuffer, "download",
+                            lambda *a: (copies.__setitem__("down", copies["down"] + 1), down(*a))[1])
+        push_all(stream, 5)
+        per_push = 2 if "mel" in stream.engines.dir.components["chunk_encoder"].inputs else 1
+        assert copies == {"up": 5 * per_push, "down": 5}
+
+
+@pytest.mark.requires_cuda
+def test_onnxruntime_cuda_answers_like_the_cpu(tiny_engines):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed (the CPU wheel has no CUDA provider)")
+    from mirasol_edge.runtime.stream import MirasolStream
+
+    from .test_stream import QUESTION, push_all
+
+    with MirasolStream.open(tiny_engines, "onnxruntime", "cuda") as gpu, MirasolStream.open(tiny_engines) as cpu:
+        for a, b in zip(push_all(gpu, 8), push_all(cpu, 8)):
+            np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-4)
+        assert gpu.ask(QUESTION).text == cpu.ask(QUESTION).text
+
+
+@pytest.mark.requires_cuda
+def test_the_pytorch_reference_runs_on_cuda(tiny_engines):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("this torch has no CUDA (the project installs the CPU wheel)")
+    from mirasol_edge.runtime.stream import MirasolStream
+
+    from .test_stream import QUESTION, push_all
+
+    with MirasolStream.open(tiny_engines, "torch", "cuda") as gpu, MirasolStream.open(tiny_engines) as cpu:
+        for a, b in zip(push_all(gpu, 8), push_all(cpu, 8)):
+            np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-4)
+        assert gpu.ask(QUESTION).text == cpu.ask(QUESTION).text
