@@ -43,6 +43,7 @@ def run_case(name: str, case: dict, workdir: Path) -> dict:
             "quantization": {c: {k: e["quantization"][k] for k in ("kept_fp32", "quantized_layers", "error")}
                              for c, e in manifest["components"].items() if "quantization" in e},
             "answer_report": manifest.get("quantization", {}).get("exact_match"),
+            "fusion": {c: e["fusion"] for c, e in manifest["components"].items() if "fusion" in e},
         }
         dirs[precision] = out
         print(f"{name} {precision}: built in {result['builds'][precision]['seconds']} s", flush=True)

@@ -43,6 +43,13 @@ def test_int8_cpu_build_answers_like_fp32(int8_cpu):
         q = entry["quantization"]
         assert q["error"]["min_cosine"] >= 0.99 and q["quantized_bytes"] < q["fp32_bytes"], name
     assert not list(out.glob("*.fp32.onnx*")), "the fp32 graph is not shipped"
+    # ONNX Runtime runs the quantized layers on integer kernels: only the tied logits projection
+    # (a MatMul by the embedding, never quantized) stays float.
+    for name, entry in manifest["components"].items():
+        fusion = entry["fusion"]
+        engine_ops = [n.op_type for n in onnx.load(str(out / entry["engine"])).graph.node]
+        assert fusion["integer_kernels"] == engine_ops.count("MatMulIntegerToFloat") > 0, name
+        assert len(fusion["float_linear_layers"]) == (1 if name.startswith("text") else 0), (name, fusion)
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["quantization"]["ratio"] == report["ratio"]
 
@@ -101,3 +108,14 @@ def test_pin_naming_a_group_the_model_lacks_fails_before_work(tmp_path, tiny_che
     with pytest.raises(RecipeError, match=r"precision\.pin\.ar\.blocks\.9: no such layer group.*ar\.blocks\.0"):
         build(recipe, tmp_path / "q", checkpoint=tiny_checkpoint, **quantization_hooks())
     assert not (tmp_path / "q").exists()
+
+
+def test_int4_on_the_cpu_runs_matmulnbits_and_keeps_the_answers(tmp_path):
+    """ONNX Runtime's own weight-only int4 (MatMulNBits, int8 activations) for the memory-bound parts."""
+    out = tmp_path / "tiny-int4-cpu"
+    manifest = build(load_recipe("cpu", SMALL + ["precision.ar_step=int4", "precision.text_decode=int4"]), out,
+                     checkpoint=BUNDLED, **quantization_hooks())
+    for name in ("ar_step", "text_decode"):
+        ops = _ops(out / manifest["components"][name]["onnx"])
+        assert "MatMulNBits" in ops and "DequantizeLinear" not in ops, (name, ops)
+    assert manifest["quantization"]["ratio"] >= 0.85

@@ -10,6 +10,7 @@ from mirasol_edge.runtime.backends import BackendError
 from mirasol_edge.runtime.cuda import CudaError
 from mirasol_edge.runtime.stream import MirasolStream
 
+from .test_gpu_path import _rtx_here
 from .test_stream import QUESTION, push_all
 
 pytest.importorskip("tensorrt_rtx")
@@ -54,6 +55,7 @@ def test_tampered_plan_is_refused_before_tensorrt_sees_it(tiny_rtx_engines, tmp_
 
 @pytest.mark.requires_cuda
 def test_rtx_engines_on_the_gpu_match_onnxruntime(tiny_rtx_engines, tiny_engines):
+    _rtx_here(tiny_rtx_engines)
     with MirasolStream.open(tiny_rtx_engines) as rtx, MirasolStream.open(tiny_engines) as ort:
         for a, b in zip(push_all(rtx, 12), push_all(ort, 12)):
             rel = np.abs(a.outputs - b.outputs).max() / np.abs(b.outputs).max()

@@ -57,7 +57,7 @@ class Quantizer:
         report = quantize_component(
             name, fp32_path, onnx_path, recipe.precision.of(name), tile_to_batch(calibration.fit[name], inputs),
             tile_to_batch(calibration.held_out[name], inputs), pins, recipe.accuracy.min_quantized_cosine,
-            recipe.calibration.method, progress)
+            recipe.calibration.method, progress, "nbits" if recipe.target.backend == "onnxruntime" else "qdq")
         for f in fp32_path.parent.glob(fp32_path.name + "*"):
             f.unlink()  # the fp32 graph was the quantizer's input, not part of the build
         return report.to_dict()

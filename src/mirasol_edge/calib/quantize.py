@@ -118,10 +118,12 @@ def tile_to_batch(samples: list[Sample], inputs: dict[str, list]) -> list[Sample
 
 
 def quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], nodes: list[str],
-                   ranges_cache: Path, calibrate_method: str = "MinMax") -> None:
-    """Write ``dst``: ``src`` with ``nodes`` (MatMul names) quantized to ``precision``."""
+                   ranges_cache: Path, calibrate_method: str = "MinMax", int4_format: str = "qdq") -> None:
+    """Write ``dst``: ``src`` with ``nodes`` (MatMul names) quantized to ``precision``. int4 is
+    ``qdq`` (DequantizeLinear on INT4 weights: what TensorRT takes) or ``nbits`` (ONNX Runtime's
+    MatMulNBits, its activations run in int8 on the CPU: accuracy_level 4)."""
     with _quiet():
-        _quantize_graph(src, dst, precision, fit, nodes, ranges_cache, calibrate_method)
+        _quantize_graph(src, dst, precision, fit, nodes, ranges_cache, calibrate_method, int4_format)
 
 
 @contextlib.contextmanager
@@ -145,7 +147,7 @@ def _quiet():
 
 
 def _quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], nodes: list[str],
-                    ranges_cache: Path, calibrate_method: str) -> None:
+                    ranges_cache: Path, calibrate_method: str, int4_format: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if precision in QDQ_TYPES:
@@ -168,19 +170,22 @@ def _quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], nod
         model = onnx.load(str(src))
         if nodes:
             apply_awq(model, src, fit, set(nodes), INT4_BLOCK)
-        _int4_weights(model, nodes).save_model_to_file(str(dst), use_external_data_format=False)
+        _int4_weights(model, nodes, int4_format).save_model_to_file(str(dst), use_external_data_format=False)
     else:
         raise QuantizationError(f"precision {precision!r} is not a quantized precision")
 
 
-def _int4_weights(model: onnx.ModelProto, nodes: list[str]):
+def _int4_weights(model: onnx.ModelProto, nodes: list[str], int4_format: str = "qdq"):
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, quant_format=QuantFormat.QDQ)
+    qformat = QuantFormat.QDQ if int4_format == "qdq" else QuantFormat.QOperator
+    level = None if int4_format == "qdq" else 4  # MatMulNBits with int8 activations (VNNI on x86)
+    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=level,
+                                          quant_format=qformat)
     include = list(nodes) or ["<none>"]
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
-                                     nodes_to_include=include, quant_format=QuantFormat.QDQ, algo_config=config)
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=level,
+                                     nodes_to_include=include, quant_format=qformat, algo_config=config)
     quantizer.process()
     return quantizer.model
 
@@ -211,7 +216,7 @@ MAX_FP32_FRACTION = 0.5  # a component needing more of its groups in fp32 than t
 
 def quantize_component(name: str, src: Path, dst: Path, precision: str, fit: list[Sample], held_out: list[Sample],
                        pins: dict[str, str], min_cosine: float, calibrate_method: str = "MinMax",
-                       progress=lambda msg: None) -> QuantReport:
+                       progress=lambda msg: None, int4_format: str = "qdq") -> QuantReport:
     """Quantize ``src`` (fp32) into ``dst``; keep the most sensitive groups in fp32 until the
     held-out cosine reaches ``min_cosine``. Raises QuantizationError (with the report) when that
     takes more than half the groups, or pins forbid it."""
@@ -230,7 +235,7 @@ def quantize_component(name: str, src: Path, dst: Path, precision: str, fit: lis
 
         def trial(quantized: set[str], out: Path) -> Parity:
             nodes = [layer.node for layer in layers if layer.group in quantized]
-            quantize_graph(src, out, precision, fit, nodes, ranges, calibrate_method)
+            quantize_graph(src, out, precision, fit, nodes, ranges, calibrate_method, int4_format)
             return onnx_parity(out, held_out, reference)
 
         candidates = [g for g in groups if g not in pinned_fp32]

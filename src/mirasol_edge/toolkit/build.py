@@ -231,6 +231,10 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
     if engines:
         progress(f"{name}: building {recipe.target.backend} engine")
         entry.update(build_engine(onnx_path, name, recipe, profiles))
+        stayed = entry.get("fusion", {}).get("float_linear_layers")
+        if stayed:  # the graph is quantized but ONNX Runtime runs these layers in float
+            progress(f"{name}: {len(stayed)} linear layers did not fuse into integer kernels: {', '.join(stayed[:4])}"
+                     + (" ..." if len(stayed) > 4 else ""))
     # This component's own peak where the kernel lets us reset the mark; the process's so far otherwise.
     entry["peak_rss_mib"] = round(machine.peak_rss_mib() or 0)
     entry["peak_rss_scope"] = "component" if own_peak else "process"

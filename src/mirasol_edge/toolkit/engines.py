@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mirasol_edge.errors import MirasolError
 from mirasol_edge.runtime import machine
+from mirasol_edge.runtime.backends.ort_backend import disabled_optimizers
 from mirasol_edge.runtime.engine_dir import verify_onnx
 from mirasol_edge.runtime.files import atomic_path, sha256_file, write_bytes_atomic
 from mirasol_edge.runtime.manifest import BackendEntry, file_ref, load_manifest
@@ -39,7 +40,8 @@ class Profile:
     max: tuple[int, ...]
 
 
-def build_onnxruntime(onnx_path: Path, engine_path: Path, recipe: Recipe) -> None:
+def build_onnxruntime(onnx_path: Path, engine_path: Path, recipe: Recipe, precision: str = "fp32") -> dict:
+    """The graph with ORT's portable offline optimizations; for a quantized graph, also what fused."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -53,9 +55,26 @@ def build_onnxruntime(onnx_path: Path, engine_path: Path, recipe: Recipe) -> Non
     with atomic_path(engine_path) as tmp:
         options.optimized_model_filepath = str(tmp)
         try:
-            ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=disabled_optimizers(precision))
         except Exception as exc:
             raise EngineBuildError(f"{onnx_path.name}: ONNX Runtime could not load the graph: {exc}") from None
+    return {"fusion": fusion_report(engine_path)} if precision in ("int8", "fp8") else {}
+
+
+INTEGER_KERNELS = ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulInteger")
+
+
+def fusion_report(graph_path: Path) -> dict:
+    """How many linear layers of an optimized quantized graph run on integer kernels, and the
+    names of those that stayed float (a MatMul or Gemm with a constant weight)."""
+    import onnx
+
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    fused = sum(n.op_type in INTEGER_KERNELS for n in graph.node)
+    stayed = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in constants for i in n.input)]
+    return {"integer_kernels": fused, "float_linear_layers": stayed}
 
 
 def _parse_errors(parser) -> str:
@@ -180,12 +199,12 @@ def backend_version(backend: str) -> str:
 
 def build_engine(onnx_path: Path, name: str, recipe: Recipe, profiles: dict[str, Profile]) -> dict:
     """Engine file beside the ONNX; returns its manifest fields."""
-    backend = recipe.target.backend
+    backend, precision = recipe.target.backend, recipe.precision.of(name)
     engine_path = onnx_path.with_name(f"{name}{ENGINE_SUFFIX[backend]}")
     start = time.perf_counter()
     fields: dict = {}
     if backend == "onnxruntime":
-        build_onnxruntime(onnx_path, engine_path, recipe)
+        fields.update(build_onnxruntime(onnx_path, engine_path, recipe, precision))
     else:
         cache = onnx_path.with_name("timing.cache") if recipe.build.timing_cache else None
         fields["builder_warnings"] = build_tensorrt(onnx_path, engine_path, recipe, profiles, cache)[-20:]

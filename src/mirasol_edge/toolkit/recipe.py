@@ -196,8 +196,6 @@ def precision_refusal(recipe: Recipe, precision: str) -> str | None:
         return f"compute capability {old} has no FP8 (needs 8.9 or newer); drop it from target.compute_capabilities"
     if precision == "bf16" and (t.device == "cpu" or any(cc < (8, 0) for cc in ccs)):
         return f"target {t.name!r} has no BF16 (needs compute capability 8.0 or newer)"
-    if precision == "int4" and t.backend == "onnxruntime":
-        return "int4 weight-only runs on TensorRT targets only"
     if precision == "fp16" and t.device == "cpu":
         return "ONNX Runtime on the CPU has no fast FP16 kernels; use fp32 or int8"
     return None

@@ -11,6 +11,16 @@ import numpy as np
 from ..engine_dir import EngineDir, verify_onnx
 from .base import Backend, BackendError, DeviceArray, Runner
 
+QUANTIZED = ("int8", "fp8", "int4")
+# ONNX Runtime rewrites DequantizeLinear -> MatMul -> Add into Reshape -> Gemm before its Q/DQ
+# fusion runs, so a Q/DQ graph never reaches integer kernels and int8 runs slower than fp32.
+# Without that rewrite the same graph fuses into MatMulIntegerToFloat (measured: bench/quantize.py).
+QDQ_DISABLED_OPTIMIZERS = ("MatMulAddFusion",)
+
+
+def disabled_optimizers(precision: str) -> list[str]:
+    return list(QDQ_DISABLED_OPTIMIZERS) if precision in QUANTIZED else []
+
 
 class OrtRunner(Runner):
     def __init__(self, session, device_type: str, name: str) -> None:
@@ -66,7 +76,8 @@ class OrtBackend(Backend):
         for name, info in engines.components.items():
             path = info.engine if use_engines else verify_onnx(engines.path, name, engines.manifest.components[name])
             try:
-                self.sessions[name] = ort.InferenceSession(str(path), options, providers=providers)
+                self.sessions[name] = ort.InferenceSession(str(path), options, providers=providers,
+                                                           disabled_optimizers=disabled_optimizers(info.precision))
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
                 raise BackendError(f"{path}: onnxruntime cannot load {name}: {exc}") from None
 
