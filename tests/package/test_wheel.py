@@ -32,7 +32,7 @@ def wheel(tmp_path_factory):
 def test_the_wheel_ships_recipes_assets_and_the_license(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     recipes = {Path(n).stem for n in names if n.startswith("mirasol_edge/recipes/") and n.endswith(".toml")}
-    assert {"defaults", "cpu", "rtx", "h100", "l4", "agx-orin", "orin-nx", "orin-nano", "thor"} <= recipes
+    assert {"defaults", "cpu", "cpu-fast", "rtx", "h100", "l4", "agx-orin", "orin-nx", "orin-nano", "thor"} <= recipes
     for asset in ("tiny-synthetic.safetensors", "tiny-synthetic.json", "sample.mp4", "sample.json"):
         assert f"mirasol_edge/assets/{asset}" in names
     assert any(n.endswith("licenses/LICENSE") for n in names)

@@ -2,7 +2,7 @@ import pytest
 
 from mirasol_edge.toolkit.recipe import RECIPES_DIR, RecipeError, load_recipe
 
-BUNDLED = ["cpu", "rtx", "h100", "l4", "agx-orin", "orin-nx", "orin-nano", "thor"]
+BUNDLED = ["cpu", "cpu-fast", "rtx", "h100", "l4", "agx-orin", "orin-nx", "orin-nano", "thor"]
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -138,3 +138,13 @@ def test_rtx_recipes_refuse_what_tensorrt_rtx_cannot_do(override, message):
 
 def test_version_compatibility_stays_open_to_full_tensorrt():
     assert load_recipe("h100", ["build.version_compatible=true"]).build.version_compatible
+
+
+def test_a_precision_the_cpu_runs_slowly_is_accepted_with_its_measured_cost():
+    from mirasol_edge.toolkit.recipe import slow_precision_warnings
+
+    recipe = load_recipe("cpu", ["precision.ar_step=int8", "precision.chunk_encoder=int8"])
+    (warning,) = slow_precision_warnings(recipe)
+    assert "precision.ar_step = 'int8' runs 1.75x fp32's time" in warning and "int4 0.59x" in warning
+    assert slow_precision_warnings(load_recipe("cpu-fast")) == []
+    assert slow_precision_warnings(load_recipe("orin-nano")) == []  # TensorRT fuses its own Q/DQ

@@ -80,7 +80,7 @@ def _run_build(recipe: str, overrides: tuple[str, ...], preset: str | None, chec
 
 def _build_options(fn):
     for option in reversed([
-        click.option("--recipe", "-r", required=True, help="recipe name (cpu, rtx, h100, l4, agx-orin, orin-nx, "
+        click.option("--recipe", "-r", required=True, help="recipe name (cpu, cpu-fast, rtx, h100, l4, agx-orin, orin-nx, "
                      "orin-nano, thor) or path to a .toml"),
         click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="override a recipe value, e.g. --set build.batch=4 --set precision.ar_step=fp16"),
@@ -96,7 +96,8 @@ def _build_options(fn):
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--recipe", "-r", help="recipe name (cpu, rtx, h100, l4, agx-orin, orin-nx, orin-nano, thor) or a .toml path")
+@click.option("--recipe", "-r",
+              help="recipe name (cpu, cpu-fast, rtx, h100, l4, agx-orin, orin-nx, orin-nano, thor) or a .toml path")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="override a recipe value, e.g. --set build.batch=4")
 @click.option("--preset", type=click.Choice(["tiny", "edge", "mirasol3b"]),

@@ -52,7 +52,7 @@ from .export import (
 from .precision import apply_precision
 from .preflight import check_host_memory, check_output_dir, check_recipe_against_config
 from .real_inputs import RealInputs, real_inputs
-from .recipe import QUANTIZED, Recipe, RecipeError
+from .recipe import QUANTIZED, Recipe, RecipeError, slow_precision_warnings
 from .source import COMPONENT_PARTS, ModelSource, load_source
 
 Progress = Callable[[str], None]
@@ -94,6 +94,8 @@ def build(
     cfg = source.cfg
     check_recipe_against_config(recipe, cfg)
     check_host_memory(source, recipe)
+    for warning in slow_precision_warnings(recipe):
+        progress(f"warning: {warning}")
     quantized = [n for n in COMPONENTS if recipe.precision.of(n) in QUANTIZED]
     if quantized and quantizer is None:
         raise RecipeError(f"{recipe.path}: precision.{quantized[0]} = {recipe.precision.of(quantized[0])!r} needs "
