@@ -83,6 +83,13 @@ def test_orin_nano_bundle_is_int8_int4_and_tensorrt_rtx_builds_it(tmp_path):
     ar = onnx.load(str(out / manifest["components"]["ar_step"]["onnx"]))
     int4 = [i for i in ar.graph.initializer if i.data_type == onnx.TensorProto.INT4]
     assert int4, "AR weights are int4 behind DequantizeLinear"
+    # TensorRT's int4 GEMMs take fp16 activations: every int4 MatMul is cast to fp16 in and out.
+    producer = {o: n for n in ar.graph.node for o in n.output}
+    int4_matmuls = [n for n in ar.graph.node if n.op_type == "MatMul" and n.input[1] in producer
+                    and producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert int4_matmuls and all(producer[n.input[0]].op_type == "Cast" for n in int4_matmuls)
+    assert all(any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in producer[n.input[0]].attribute)
+               for n in int4_matmuls)
     assert manifest["quantization"]["ratio"] >= 0.85
     again = build(load_recipe("orin-nano", SMALL), out, checkpoint=BUNDLED, stage="export", **quantization_hooks())
     assert all(c["reused"] for c in again["components"].values()), "an int8 + int4 bundle, twice"

@@ -170,7 +170,10 @@ def _quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], nod
         model = onnx.load(str(src))
         if nodes:
             apply_awq(model, src, fit, set(nodes), INT4_BLOCK)
-        _int4_weights(model, nodes, int4_format).save_model_to_file(str(dst), use_external_data_format=False)
+        quantized = _int4_weights(model, nodes, int4_format)
+        if int4_format == "qdq":
+            fp16_activations(quantized.model)
+        quantized.save_model_to_file(str(dst), use_external_data_format=False)
     else:
         raise QuantizationError(f"precision {precision!r} is not a quantized precision")
 
@@ -188,6 +191,42 @@ def _int4_weights(model: onnx.ModelProto, nodes: list[str], int4_format: str = "
                                      nodes_to_include=include, quant_format=qformat, algo_config=config)
     quantizer.process()
     return quantizer.model
+
+
+def fp16_activations(model: onnx.ModelProto) -> int:
+    """TensorRT's weight-only int4 GEMMs take fp16 activations: around each MatMul whose weights
+    come from an INT4 DequantizeLinear, dequantize to fp16 (fp16 scales), cast the activation to
+    fp16 in and the product back to fp32 out. LayerNorm, softmax and the residual stream stay fp32.
+    Returns how many MatMuls were rewritten."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    rewritten, nodes = 0, []
+    for node in graph.node:
+        dq = producer.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        weights = inits.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if weights is None or weights.data_type != TensorProto.INT4 or len(dq.input) < 2 or dq.input[1] not in inits:
+            nodes.append(node)
+            continue
+        scale = inits[dq.input[1]]
+        if scale.data_type == TensorProto.FLOAT:
+            scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale).astype(np.float16), scale.name))
+        a16, y16 = f"{node.name}.a_fp16", f"{node.name}.y_fp16"
+        nodes.append(helper.make_node("Cast", [node.input[0]], [a16], name=f"{node.name}.cast_in", to=TensorProto.FLOAT16))
+        out = node.output[0]
+        node.input[0], node.output[0] = a16, y16
+        nodes.append(node)
+        nodes.append(helper.make_node("Cast", [y16], [out], name=f"{node.name}.cast_out", to=TensorProto.FLOAT))
+        rewritten += 1
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    # The dequantized weights' value_info (fp32) would now lie: drop it, shapes are re-inferred.
+    keep = [v for v in graph.value_info if v.name not in {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}]
+    graph.ClearField("value_info")
+    graph.value_info.extend(keep)
+    return rewritten
 
 
 @dataclass
