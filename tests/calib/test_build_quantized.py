@@ -117,13 +117,26 @@ def test_pin_naming_a_group_the_model_lacks_fails_before_work(tmp_path, tiny_che
     assert not (tmp_path / "q").exists()
 
 
-def test_cpu_fast_runs_fused_int8_and_matmulnbits_and_keeps_the_answers(tmp_path):
-    """The cpu-fast recipe: int8 encoder on integer kernels, ONNX Runtime's own weight-only int4
-    (MatMulNBits, int8 activations) for the memory-bound parts."""
-    out = tmp_path / "tiny-cpu-fast"
-    manifest = build(load_recipe("cpu-fast", SMALL), out, checkpoint=BUNDLED, **quantization_hooks())
-    assert manifest["components"]["chunk_encoder"]["fusion"]["integer_kernels"] > 0
-    for name in ("ar_step", "text_prefill", "text_decode"):
+def test_int4_on_the_cpu_runs_matmulnbits_and_keeps_the_answers(tmp_path):
+    """ONNX Runtime's own weight-only int4 (MatMulNBits, int8 activations) for the memory-bound parts."""
+    out = tmp_path / "tiny-int4-cpu"
+    manifest = build(load_recipe("cpu", SMALL + ["precision.ar_step=int4", "precision.text_decode=int4"]), out,
+                     checkpoint=BUNDLED, **quantization_hooks())
+    for name in ("ar_step", "text_decode"):
         ops = _ops(out / manifest["components"][name]["onnx"])
         assert "MatMulNBits" in ops and "DequantizeLinear" not in ops, (name, ops)
+    assert manifest["quantization"]["ratio"] >= 0.85
+
+
+def test_cpu_fast_keeps_the_fastest_candidate_that_passes_and_says_why(tmp_path):
+    out = tmp_path / "tiny-cpu-fast"
+    manifest = build(load_recipe("cpu-fast", SMALL), out, checkpoint=BUNDLED, **quantization_hooks())
+    for name, entry in manifest["components"].items():
+        auto = entry["quantization"]["auto"]
+        timed = {c: m["ms"] for c, m in auto["candidates"].items() if "ms" in m}
+        assert set(auto["candidates"]) == {"fp32", "int8", "int4"} and "fp32" in timed, name
+        assert auto["chosen"] == entry["precision"] == min(timed, key=timed.get), (name, auto)
+        assert "fastest here of" in auto["why"]
+        ops = _ops(out / entry["onnx"])
+        assert ("MatMulNBits" in ops) == (entry["precision"] == "int4"), (name, ops)
     assert manifest["quantization"]["ratio"] >= 0.85

@@ -3,6 +3,7 @@ recipe's pins, collect calibration data from real media, quantize an exported fp
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from mirasol_edge.toolkit.export import graph_io
 from mirasol_edge.toolkit.recipe import PIN_PARTS, Recipe, RecipeError
 from mirasol_edge.toolkit.source import ModelSource
 
+from .choose import choose_fastest
 from .collect import CalibrationSet, SyntheticMedia, collect
 from .quantize import QuantizationError, model_groups, quantize_component, tile_to_batch
 
@@ -52,12 +54,26 @@ class Quantizer:
 
     def quantize(self, name: str, fp32_path: Path, onnx_path: Path, recipe: Recipe, calibration: CalibrationSet,
                  progress: Progress) -> dict:
+        """``onnx_path`` from the fp32 export, in the recipe's precision; for "auto", the fastest
+        candidate measured here that passes the accuracy gate. The report's ``precision`` says which."""
         inputs = {i["name"]: i["shape"] for i in graph_io(fp32_path)["inputs"]}
+        fit = tile_to_batch(calibration.fit[name], inputs)
+        held_out = tile_to_batch(calibration.held_out[name], inputs)
         pins = {g: p for g, p in recipe.precision.pin.items() if name in PIN_PARTS.get(g.split(".")[0], ())}
-        report = quantize_component(
-            name, fp32_path, onnx_path, recipe.precision.of(name), tile_to_batch(calibration.fit[name], inputs),
-            tile_to_batch(calibration.held_out[name], inputs), pins, recipe.accuracy.min_quantized_cosine,
-            recipe.calibration.method, progress, "nbits" if recipe.target.backend == "onnxruntime" else "qdq")
-        for f in fp32_path.parent.glob(fp32_path.name + "*"):
-            f.unlink()  # the fp32 graph was the quantizer's input, not part of the build
-        return report.to_dict()
+
+        def make(precision: str, out: Path) -> dict:
+            if precision == "fp32":
+                shutil.copyfile(fp32_path, out)
+                return {"precision": "fp32"}
+            return quantize_component(
+                name, fp32_path, out, precision, fit, held_out, pins, recipe.accuracy.min_quantized_cosine,
+                recipe.calibration.method, progress, "nbits" if recipe.target.backend == "onnxruntime" else "qdq",
+            ).to_dict()
+
+        try:
+            if recipe.precision.of(name) != "auto":
+                return make(recipe.precision.of(name), onnx_path)
+            return choose_fastest(name, make, held_out, onnx_path, progress)
+        finally:
+            for f in fp32_path.parent.glob(fp32_path.name + "*"):
+                f.unlink()  # the fp32 graph was the quantizer's input, not part of the build

@@ -52,7 +52,7 @@ from .export import (
 from .precision import apply_precision
 from .preflight import check_host_memory, check_output_dir, check_recipe_against_config
 from .real_inputs import RealInputs, real_inputs
-from .recipe import QUANTIZED, Recipe, RecipeError, slow_precision_warnings
+from .recipe import CALIBRATED, Recipe, RecipeError, slow_precision_warnings
 from .source import COMPONENT_PARTS, ModelSource, load_source
 
 Progress = Callable[[str], None]
@@ -67,7 +67,8 @@ class Quantizer(Protocol):
     def calibrate(self, source: ModelSource, recipe: Recipe, components: list[str], progress: Progress) -> Any: ...
 
     def quantize(self, name: str, fp32_path: Path, onnx_path: Path, recipe: Recipe, calibration: Any,
-                 progress: Progress) -> dict: ...
+                 progress: Progress) -> dict:
+        """Write ``onnx_path`` from the fp32 export; the report's ``precision`` is what was built."""
 
 
 class ParityError(ExportError):
@@ -96,7 +97,7 @@ def build(
     check_host_memory(source, recipe)
     for warning in slow_precision_warnings(recipe):
         progress(f"warning: {warning}")
-    quantized = [n for n in COMPONENTS if recipe.precision.of(n) in QUANTIZED]
+    quantized = [n for n in COMPONENTS if recipe.precision.of(n) in CALIBRATED]
     if quantized and quantizer is None:
         raise RecipeError(f"{recipe.path}: precision.{quantized[0]} = {recipe.precision.of(quantized[0])!r} needs "
                           "calibration: pass quantizer=mirasol_edge.calib.Quantizer() (mirasol-build does)")
@@ -195,7 +196,7 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
     precision = recipe.precision.of(name)
     # Built part by part, the part is this component's alone: convert it in place (no copy).
     spec.module = apply_precision(spec.module, precision, recipe.precision.keep_fp32, inplace=source.by_part)
-    quantized = precision in QUANTIZED
+    quantized = precision in CALIBRATED
     onnx_path = staging / f"{name}.onnx"
     export_path = staging / f"{name}.fp32.onnx" if quantized else onnx_path
     progress(f"{name}: exporting ONNX ({'fp32, to quantize' if quantized else precision})")
@@ -218,6 +219,7 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
         )
     if quantized:
         quantization = quantizer.quantize(name, export_path, onnx_path, recipe, calibration, progress)
+        precision = quantization["precision"]  # what "auto" chose; the asked-for precision otherwise
     entry = {"onnx": onnx_path.name, "onnx_sha256": sha256_file(onnx_path), "precision": precision,
              **graph_io(onnx_path), "profiles": {}, "parity": parity.to_dict(),
              "parity_inputs": real.describe(name),
@@ -232,7 +234,7 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
 
     if engines:
         progress(f"{name}: building {recipe.target.backend} engine")
-        entry.update(build_engine(onnx_path, name, recipe, profiles))
+        entry.update(build_engine(onnx_path, name, recipe, profiles, precision))
         stayed = entry.get("fusion", {}).get("float_linear_layers")
         if stayed:  # the graph is quantized but ONNX Runtime runs these layers in float
             progress(f"{name}: {len(stayed)} linear layers did not fuse into integer kernels: {', '.join(stayed[:4])}"

@@ -197,9 +197,11 @@ def backend_version(backend: str) -> str:
     return lazy_import_trt(backend).__version__
 
 
-def build_engine(onnx_path: Path, name: str, recipe: Recipe, profiles: dict[str, Profile]) -> dict:
-    """Engine file beside the ONNX; returns its manifest fields."""
-    backend, precision = recipe.target.backend, recipe.precision.of(name)
+def build_engine(onnx_path: Path, name: str, recipe: Recipe, profiles: dict[str, Profile],
+                 precision: str | None = None) -> dict:
+    """Engine file beside the ONNX; returns its manifest fields. ``precision``: the graph's, where
+    the recipe's is "auto"."""
+    backend, precision = recipe.target.backend, precision or recipe.precision.of(name)
     engine_path = onnx_path.with_name(f"{name}{ENGINE_SUFFIX[backend]}")
     start = time.perf_counter()
     fields: dict = {}
@@ -227,7 +229,7 @@ def build_engines_from_bundle(bundle: str | Path, progress: Callable[[str], None
         onnx_path = verify_onnx(bundle, name, entry)
         profiles = {n: Profile(tuple(p["min"]), tuple(p["opt"]), tuple(p["max"])) for n, p in entry.profiles.items()}
         progress(f"{name}: building {backend} engine")
-        fields = build_engine(onnx_path, name, recipe, profiles)
+        fields = build_engine(onnx_path, name, recipe, profiles, entry.precision)
         components[name] = replace(entry, engine=fields.pop("engine"), engine_sha256=fields.pop("engine_sha256"),
                                    engine_data=file_ref(fields.pop("engine_data", None)),
                                    report={**entry.report, **fields})

@@ -40,7 +40,7 @@ def apply_precision(module: nn.Module, precision: str, keep_fp32: tuple[str, ...
                     inplace: bool = False) -> nn.Module:
     """``module`` in ``precision`` (a copy unless ``inplace``: a 2B-parameter AR model has no
     room for two copies); Linear layers whose names start with a prefix in ``keep_fp32`` stay fp32."""
-    if precision == "fp32" or precision in QUANTIZED:
+    if precision in ("fp32", "auto") or precision in QUANTIZED:
         return module  # quantized graphs are made from the fp32 export (mirasol_edge.calib)
     if precision not in DTYPES:
         raise ValueError(f"unknown precision {precision!r}")

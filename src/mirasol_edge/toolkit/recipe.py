@@ -21,8 +21,11 @@ from mirasol_edge.errors import MirasolError
 from mirasol_edge.runtime.components import COMPONENTS  # one list for the build and the runtime
 
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4")
-QUANTIZED = ("int8", "fp8", "int4")  # need calibration (explicit Q/DQ), see mirasol_edge.calib
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4", "auto")
+QUANTIZED = ("int8", "fp8", "int4")  # explicit Q/DQ or weight-only, see mirasol_edge.calib
+# "auto": the build measures fp32, int8 and int4 here and keeps the fastest that passes the gates.
+AUTO_CANDIDATES = ("fp32", "int8", "int4")
+CALIBRATED = (*QUANTIZED, "auto")  # need calibration data
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 # What TensorRT-RTX's ComputeCapability enum offers for ahead-of-time builds (tensorrt_rtx 1.7).
 RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
@@ -198,6 +201,8 @@ def precision_refusal(recipe: Recipe, precision: str) -> str | None:
         return f"target {t.name!r} has no BF16 (needs compute capability 8.0 or newer)"
     if precision == "fp16" and t.device == "cpu":
         return "ONNX Runtime on the CPU has no fast FP16 kernels; use fp32 or int8"
+    if precision == "auto" and (t.backend != "onnxruntime" or t.device != "cpu"):
+        return "'auto' times the candidates on the machine that builds: ONNX Runtime CPU builds only"
     return None
 
 
@@ -277,7 +282,8 @@ def check_recipe(recipe: Recipe) -> None:
         need(getattr(recipe.chunking, key) >= 0, f"chunking.{key}", "must be 0 (from the model) or positive")
     for group, pinned in recipe.precision.pin.items():
         where = f"precision.pin.{group}"
-        need(pinned in PRECISIONS, where, f"{pinned!r} is not a precision (one of {', '.join(PRECISIONS)})")
+        need(pinned in PRECISIONS and pinned != "auto", where,
+             f"{pinned!r} is not a precision (one of {', '.join(p for p in PRECISIONS if p != 'auto')})")
         part = group.split(".")[0]
         need(part in PIN_PARTS, where, f"a layer group starts with {', '.join(PIN_PARTS)} (e.g. ar.blocks.0)")
         owners = {recipe.precision.of(c) for c in PIN_PARTS[part]}
