@@ -265,6 +265,7 @@ class TrtBackend(Backend):
             target.copy_from(value, stream, nbytes=row, source_offset=i * row)
             target.stream = stream
             outs.append(target)
+        stream.synchronize()  # these become the streams' state: an ask on another lane may read them next
         return outs
 
     def describe(self) -> dict:
