@@ -141,7 +141,7 @@ def test_version_compatibility_stays_open_to_full_tensorrt():
 
 
 def test_a_precision_the_cpu_runs_slowly_is_accepted_with_its_measured_cost():
-    from mirasol_edge.toolkit.recipe import slow_precision_warnings
+    from mirasol_edge.toolkit.precision import slow_precision_warnings
 
     recipe = load_recipe("cpu", ["precision.ar_step=int8", "precision.chunk_encoder=int8"])
     (warning,) = slow_precision_warnings(recipe)

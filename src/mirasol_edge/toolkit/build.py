@@ -49,10 +49,10 @@ from .export import (
     parity_input_sets,
     torch_outputs,
 )
-from .precision import apply_precision
+from .precision import apply_precision, slow_precision_warnings
 from .preflight import check_host_memory, check_output_dir, check_recipe_against_config
 from .real_inputs import RealInputs, real_inputs
-from .recipe import CALIBRATED, Recipe, RecipeError, slow_precision_warnings
+from .recipe import CALIBRATED, Recipe, RecipeError
 from .source import COMPONENT_PARTS, ModelSource, load_source
 
 Progress = Callable[[str], None]

@@ -206,28 +206,6 @@ def precision_refusal(recipe: Recipe, precision: str) -> str | None:
     return None
 
 
-# Time over fp32's on ONNX Runtime's CPU EP, measured at edge size on 2 cores (bench/quantize.py).
-ORT_CPU_COST = {("int8", "chunk_encoder"): 0.85, ("int8", "ar_step"): 1.75, ("int8", "text_prefill"): 1.25,
-                ("int8", "text_decode"): 1.97, ("int4", "ar_step"): 0.59, ("int4", "text_prefill"): 0.79,
-                ("int4", "text_decode"): 0.51}
-
-
-def slow_precision_warnings(recipe: Recipe) -> list[str]:
-    """A precision the backend runs slower than fp32 is accepted, and said so with the measured cost."""
-    if recipe.target.backend != "onnxruntime":
-        return []
-    out = []
-    for component in COMPONENTS:
-        precision = recipe.precision.of(component)
-        cost = ORT_CPU_COST.get((precision, component))
-        if cost and cost > 1:
-            faster = [f"{p} {c:.2f}x" for (p, comp), c in ORT_CPU_COST.items() if comp == component and c < 1]
-            out.append(f"{recipe.path}: precision.{component} = {precision!r} runs {cost:.2f}x fp32's time on ONNX "
-                       f"Runtime's CPU (edge, bench/results/quantize.json)"
-                       + (f"; {', '.join(faster)} measured faster" if faster else "; fp32 is faster"))
-    return out
-
-
 def check_recipe(recipe: Recipe) -> None:
     src = recipe.path
     t, b = recipe.target, recipe.build
