@@ -76,3 +76,32 @@ def write_clip(path: Path, seconds: float, fps: float = 10, size: tuple[int, int
             container.mux(packet)
     container.close()
     return path
+
+
+def write_ts_segment(path: Path, rate: int, layout: str, seconds: float = 2.0, start: float = 0.0,
+                     fps: int = 10, tone: float = 440.0) -> Path:
+    """An MPEG-TS segment, H.264 + AAC at ``rate`` Hz ``layout``, timed from ``start`` seconds:
+    concatenated segments are what a broadcast capture or an RTSP recorder writes."""
+    channels = 1 if layout == "mono" else 2
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = layout
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (i * 10) % 255, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(start * fps) + i, Fraction(1, fps)
+            for packet in video.encode(frame):
+                out.mux(packet)
+        n = int(seconds * rate)
+        wave = (0.2 * np.sin(2 * np.pi * tone * np.arange(n) / rate)).astype(np.float32)
+        for k in range(0, n, 1024):
+            block = np.repeat(wave[None, k : k + 1024], channels, axis=0)
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+            frame.sample_rate, frame.pts, frame.time_base = rate, round(start * rate) + k, Fraction(1, rate)
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode(None):
+                out.mux(packet)
+    return path

@@ -19,7 +19,7 @@ from mirasol_edge.runtime.decode.chunks import (
 from mirasol_edge.runtime.decode.mel import log_mel as numpy_log_mel
 from mirasol_edge.toolkit import MirasolConfig
 from mirasol_edge.toolkit.audio import log_mel as torch_log_mel
-from tests.media import frame_index, write_clip
+from tests.media import frame_index, write_clip, write_ts_segment
 
 SPEC = ChunkSpec.from_config(MirasolConfig.preset("tiny"))  # 4 fps, 4 frames/chunk, 32x32, 16 kHz
 
@@ -269,3 +269,18 @@ def test_dali_mel_matches_the_models_torch_mel(tmp_path):
         loud = b.mel > -80  # near the -100 dB floor float32 rounding of tiny powers differs by ~0.04 dB
         np.testing.assert_allclose(a.mel[loud], b.mel[loud], atol=0.01)
         assert np.abs(a.mel - b.mel).max() < 0.1
+
+
+def test_audio_that_changes_rate_and_layout_mid_stream_is_resampled_afresh(tmp_path):
+    """A capture whose AAC goes from 16 kHz mono to 44.1 kHz stereo (two TS segments, as a
+    recorder writes them) stopped PyAV's resampler with its own ValueError; now the stream goes
+    on, the chunk where it changed is flagged, and the tone is the same tone after the change."""
+    first = write_ts_segment(tmp_path / "a.ts", 16000, "mono", start=0.0)
+    second = write_ts_segment(tmp_path / "b.ts", 44100, "stereo", start=2.0)
+    joined = tmp_path / "capture.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    got = list(chunks(joined, SPEC))
+    assert len(got) == 4
+    assert [bool(c.flags & Flags.AUDIO_CHANGED) for c in got] == [False, True, False, False]
+    peak = [int(np.argmax(c.mel.mean(axis=0))) for c in got]
+    assert peak[3] == peak[0], peak  # 440 Hz before and after, in the same mel bin

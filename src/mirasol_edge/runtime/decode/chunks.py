@@ -198,6 +198,7 @@ def _check_video(container, name: str):
 def _pyav_events(container, vstream, astream, name: str, state: dict) -> Iterator[tuple]:
     """(kind, time, payload) in demux order: ("v", t, frame), ("a", t, samples), ("damaged", t, n)."""
     resampler = av.AudioResampler(format="flt", layout="mono", rate=state["rate"]) if astream else None
+    audio_format = None  # (format, layout, rate) the resampler was set up for: real streams change it
     # A corrupt stretch often decodes "fine": the demuxer resyncs and frames just go missing.
     # A gap of more than GAP_PERIODS frame periods counts as lost frames. The period is the
     # shortest step seen: some containers (Matroska) store no rate and FFmpeg guesses 24.
@@ -222,7 +223,20 @@ def _pyav_events(container, vstream, astream, name: str, state: dict) -> Iterato
                 state["decoded_video"] += 1
                 yield ("v", time, frame)
             else:
-                for out in resampler.resample(frame):
+                incoming = (frame.format.name, frame.layout.name, frame.sample_rate)
+                if audio_format is not None and incoming != audio_format:
+                    # PyAV's resampler refuses a frame unlike its first: flush it, start a new one.
+                    for out in resampler.resample(None):
+                        yield ("a", None, out.to_ndarray().reshape(-1))
+                    resampler = av.AudioResampler(format="flt", layout="mono", rate=state["rate"])
+                    yield ("audio_changed", _frame_time(frame, state["last_time"]), incoming)
+                audio_format = incoming
+                try:
+                    resampled = resampler.resample(frame)
+                except ValueError as exc:  # PyAV's own, for a frame it cannot take
+                    raise DecodeError(f"{name}: audio frame at {_frame_time(frame, 0.0):.2f}s cannot be resampled "
+                                      f"({incoming[0]}, {incoming[1]}, {incoming[2]} Hz): {exc}") from None
+                for out in resampled:
                     yield ("a", _frame_time(out, 0.0), out.to_ndarray().reshape(-1))
     if resampler is not None:
         for out in resampler.resample(None):
@@ -265,7 +279,7 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str
     audio = np.zeros(0, dtype=np.float32)  # samples from audio_t0 on, trimmed as chunks go out
     audio_t0: float | None = None
     audio_done = astream is None
-    index, damaged = 0, 0
+    index, damaged, audio_changed = 0, 0, False
     base_flags = Flags.SILENT if astream is None else Flags.NONE
 
     def chunk_audio(t0: float, t1: float) -> tuple[np.ndarray, bool]:
@@ -281,7 +295,7 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str
         return window, audio_done or len(audio) >= start + n
 
     def ready(final: bool) -> Iterator[Chunk]:
-        nonlocal frames, index, damaged, audio, audio_t0
+        nonlocal frames, index, damaged, audio, audio_t0, audio_changed
         while len(frames) >= spec.frames_per_chunk or (final and frames):
             t0 = sampler.t_start + index * spec.chunk_seconds
             t1 = t0 + spec.chunk_seconds
@@ -298,8 +312,10 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str
                 flags |= Flags.PADDED
             if damaged:
                 flags |= Flags.DAMAGED
+            if audio_changed:
+                flags |= Flags.AUDIO_CHANGED
             yield Chunk(np.stack(take), mel_fn(samples), t0, t1, index, flags, damaged, path)
-            frames, index, damaged = frames[spec.frames_per_chunk :], index + 1, 0
+            frames, index, damaged, audio_changed = frames[spec.frames_per_chunk :], index + 1, 0, False
             if audio_t0 is not None:  # keep memory bounded: drop audio before the next chunk
                 cut = max(0, round((t1 - audio_t0) * spec.sample_rate))
                 audio, audio_t0 = audio[cut:], audio_t0 + cut / spec.sample_rate
@@ -314,6 +330,9 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str
                 if audio_t0 is None:
                     audio_t0 = time if time is not None else 0.0
                 audio = np.concatenate([audio, payload])
+            elif kind == "audio_changed":
+                audio_changed = True
+                log.warning("%s: audio changed to %s, %s, %d Hz at %.2fs; resampling afresh", name, *payload, time)
             else:
                 damaged += payload
             yield from ready(final=False)

@@ -46,6 +46,7 @@ class Flags(enum.IntFlag):
     PADDED = 1  # last partial chunk, padded
     SILENT = 2  # the source has no audio track: the mel is of silence
     DAMAGED = 4  # frames in this chunk were lost (corrupt packets, or a gap the demuxer skipped)
+    AUDIO_CHANGED = 8  # the audio's rate, layout or format changed here: resampled afresh from this chunk
 
 
 @dataclass(frozen=True)
