@@ -24,6 +24,7 @@ _EXPORTS = {
     "ChunkSpec": "mirasol_edge.runtime.decode.chunks",
     "DecodeError": "mirasol_edge.runtime.decode.chunks",
     "LiveSource": "mirasol_edge.runtime.decode.live",
+    "decode_ahead": "mirasol_edge.runtime.decode.live",
     "MirasolError": "mirasol_edge.errors",
     "SnapshotError": "mirasol_edge.runtime.snapshot",
 }

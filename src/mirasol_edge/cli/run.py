@@ -7,6 +7,7 @@ Exit codes: 0 done; 2 bad usage, engines or backend; 3 the source cannot be deco
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -35,6 +36,24 @@ def _expected_chunks(source: str, chunk_seconds: float) -> int | None:
         return int(np.ceil(container.duration / 1e6 / chunk_seconds)) if container.duration else None
     finally:
         container.close()
+
+
+def _cpu_threads(engine_dir: str, backend: str, device: str, threads: int, decoding_ahead: bool) -> dict:
+    """ONNX Runtime's thread count on the CPU: a file decodes on its own thread beside the engines,
+    so they leave it a core (edge on 2 cores: 1.55x the real-time factor of decode-then-push,
+    bench/results/overlap.json). Other backends take no such option."""
+    from mirasol_edge.runtime.manifest import ManifestError, load_manifest
+
+    try:
+        built_for = load_manifest(engine_dir).backend.name
+    except ManifestError:
+        return {}  # opening the engines says what is wrong
+    if backend not in ("auto", "onnxruntime") or built_for != "onnxruntime" or device not in ("auto", "cpu"):
+        return {}
+    if threads:
+        return {"threads": threads}
+    cores = os.cpu_count() or 1
+    return {"threads": cores - 1} if decoding_ahead and cores > 1 else {}
 
 
 def _load_questions(path: str) -> dict[str, str]:
@@ -132,11 +151,13 @@ class Reporter:
                    "the newest, or none (the decoder waits; the default for files)")
 @click.option("--reconnects", type=click.IntRange(min=0), default=3, show_default=True,
               help="live sources: reopen a failed source this many times in a row before giving up")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="ONNX Runtime CPU threads; 0: all cores, or all but one while a file decodes on its own thread")
 @click.option("--restore", type=click.Path(dir_okay=False), help="start from a snapshot of an earlier run")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="write the state here at the end")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts: chunk, answer and summary events")
 def main(source, engine_dir, questions, questions_file, sample, ask_every, backend, device, max_chunks, last, drop,
-         reconnects, restore, snapshot, as_json):
+         reconnects, threads, restore, snapshot, as_json):
     """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
     ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
 
@@ -145,8 +166,8 @@ def main(source, engine_dir, questions, questions_file, sample, ask_every, backe
     mirasol-run clip.mp4 --engines engines/tiny-cpu --ask "what colour is the square?"
     mirasol-run rtsp://cam/stream -e engines/rtx -a "is anyone there?" --ask-every 30 --json
     """
-    from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
-    from mirasol_edge.runtime.decode.live import LiveSource
+    from mirasol_edge.runtime.decode.chunks import ChunkSpec
+    from mirasol_edge.runtime.decode.live import LiveSource, decode_ahead
     from mirasol_edge.runtime.stream import MirasolStream
 
     stream = None
@@ -159,18 +180,21 @@ def main(source, engine_dir, questions, questions_file, sample, ask_every, backe
         questions = list(questions) + [q for q in expected if q not in questions]
         if ask_every and not questions:
             raise click.UsageError("--ask-every needs at least one --ask")
-        stream = (MirasolStream.restore(restore, engine_dir, backend, device) if restore
-                  else MirasolStream.open(engine_dir, backend, device))
+        live_source = source.startswith(LIVE_PREFIXES) or drop not in (None, "none")
+        options = _cpu_threads(engine_dir, backend, device, threads, decoding_ahead=not live_source)
+        stream = (MirasolStream.restore(restore, engine_dir, backend, device, **options) if restore
+                  else MirasolStream.open(engine_dir, backend, device, **options))
         spec = ChunkSpec.from_config(stream.engines.dir.config)
         reporter = Reporter(as_json, None if max_chunks else _expected_chunks(source, spec.chunk_seconds))
         push_ms, decode_ms, media = [], [], 0.0
         start = time.perf_counter()
         tick = start
-        live = None
-        if source.startswith(LIVE_PREFIXES) or drop not in (None, "none"):
+        if live_source:
             live = LiveSource(source, spec, drop=drop or "oldest", max_reconnects=reconnects, last=last,
                               reconnect_on_end=source.startswith(LIVE_PREFIXES))
-        for chunk in live if live is not None else chunks(source, spec, last=last):
+        else:  # a file: the next chunk decodes on its own thread while this one runs
+            live = decode_ahead(source, spec, last=last)
+        for chunk in live:
             got = time.perf_counter()
             result = stream.push(chunk)
             decode_ms.append((got - tick) * 1e3)

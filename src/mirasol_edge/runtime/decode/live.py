@@ -155,6 +155,9 @@ class LiveSource:
                     if not self.reconnect_on_end:
                         return
                 except DecodeError as exc:
+                    if not self.max_reconnects and not self.reconnect_on_end:
+                        self._failure = exc  # a file: its own error, as chunks() would raise it
+                        return
                     reason = str(exc)
                     self.stats.errors.append(reason)
                 failures += 1
@@ -173,3 +176,11 @@ class LiveSource:
             self._failure = exc
         finally:
             self._put(_END)
+
+
+def decode_ahead(source: Any, spec: ChunkSpec, last: str = "pad", queue_chunks: int = 2) -> LiveSource:
+    """``chunks(source, spec)`` decoded on its own thread, up to ``queue_chunks`` ahead, so the next
+    chunk decodes while the engines run this one. Nothing is dropped: the decoder waits for the
+    engines. Errors are ``chunks()``'s own. Close it (or use ``with``) when done early."""
+    return LiveSource(source, spec, queue_chunks=queue_chunks, drop="none", max_reconnects=0,
+                      reconnect_on_end=False, chunk_timeout=None, last=last)
