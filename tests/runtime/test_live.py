@@ -159,3 +159,21 @@ def test_close_stops_the_decoder_thread(tmp_path):
 def test_bad_settings_are_refused(clip):
     with pytest.raises(ValueError, match="drop must be one of"):
         LiveSource(clip, SPEC, drop="sometimes")
+
+
+def test_decode_ahead_gives_the_same_chunks_and_the_same_errors(tmp_path):
+    from mirasol_edge.runtime.decode.chunks import NotMedia, chunks
+    from mirasol_edge.runtime.decode.live import decode_ahead
+
+    clip = write_clip(tmp_path / "c.mp4", 5.0, fps=10)
+    with decode_ahead(clip, SPEC) as ahead:
+        threaded = list(ahead)
+    plain = list(chunks(clip, SPEC))
+    assert [c.index for c in threaded] == [c.index for c in plain] and len(plain) >= 5
+    for a, b in zip(threaded, plain):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.mel, b.mel)
+        assert (a.t0, a.t1, a.flags) == (b.t0, b.t1, b.flags)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(NotMedia, match="notes.mp4"), decode_ahead(tmp_path / "notes.mp4", SPEC) as ahead:
+        list(ahead)
