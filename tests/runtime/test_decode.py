@@ -284,3 +284,26 @@ def test_audio_that_changes_rate_and_layout_mid_stream_is_resampled_afresh(tmp_p
     assert [bool(c.flags & Flags.AUDIO_CHANGED) for c in got] == [False, True, False, False]
     peak = [int(np.argmax(c.mel.mean(axis=0))) for c in got]
     assert peak[3] == peak[0], peak  # 440 Hz before and after, in the same mel bin
+
+
+def test_a_broken_timestamp_jump_is_rebased_not_held_for_an_hour(tmp_path):
+    """A frame an hour after its neighbour in a 4 s file: held frames across the jump would be
+    3,600 chunks; the timeline is re-based over it and the chunk flagged DAMAGED."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "jump.mkv"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt, video.options = 64, 48, "yuv420p", {"bf": "0"}
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 6, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i * 100 + (3_600_000 if i >= 20 else 0), Fraction(1, 1000)
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+    got = list(chunks(path, SPEC))
+    assert len(got) == 4 and got[-1].t1 == 4.0
+    assert [bool(c.flags & Flags.DAMAGED) for c in got] == [False, False, True, False]

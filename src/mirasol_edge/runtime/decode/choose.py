@@ -24,7 +24,7 @@ def probe_constant_rate(source: Any, packets: int = 64) -> Fraction | None:
     if not isinstance(source, (str, Path)):
         return None
     try:
-        with av.open(str(source)) as probe:
+        with av.open(str(source), metadata_errors="replace") as probe:
             stream = probe.streams.video[0]
             declared = [r for r in (stream.average_rate, stream.guessed_rate) if r]
             quantum = float(stream.time_base)

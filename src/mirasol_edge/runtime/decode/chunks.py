@@ -69,7 +69,9 @@ def open_media(source: Any, timeout: float | None = 10.0) -> av.container.InputC
     elif str(source).startswith("/dev/video"):
         options["format"] = "v4l2"
     try:
-        return av.open(source if not isinstance(source, Path) else str(source), timeout=timeout, **options)
+        # Damaged metadata (titles, tags) is no reason to refuse the media: read it leniently.
+        return av.open(source if not isinstance(source, Path) else str(source), timeout=timeout,
+                       metadata_errors="replace", **options)
     except av.error.InvalidDataError as exc:
         if _looks_like_mp4(source):
             raise TruncatedMedia(
@@ -184,6 +186,8 @@ def _check_video(container, name: str):
         raise NoVideoStream(f"{name}: no video stream (streams: {[s.type for s in container.streams]})")
     vstream = container.streams.video[0]
     ctx = vstream.codec_context
+    if ctx is None:  # FFmpeg could not tell the codec: a damaged header
+        raise UnsupportedCodec(f"{name}: the video stream's codec cannot be identified (damaged header?)")
     if ctx.width == 0 or ctx.height == 0:
         raise TruncatedMedia(f"{name}: the video stream's size cannot be read (0x0): damaged or truncated header")
     if not (0 < ctx.width <= MAX_DIMENSION and 0 < ctx.height <= MAX_DIMENSION):
@@ -195,7 +199,7 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str
             dali_source: tuple[Any, float] | None = None, mel_fn=None) -> Iterator[Chunk]:
     astream = container.streams.audio[0] if container.streams.audio else None
     vstream.thread_type = "AUTO"
-    state = {"rate": spec.sample_rate, "last_time": 0.0, "decoded_video": 0, "period": None}
+    state = {"rate": spec.sample_rate, "last_time": 0.0, "decoded_video": 0, "period": None, "shift": 0.0}
 
     sampler = _VideoSampler(spec)
     frames: list[np.ndarray] = []
@@ -272,11 +276,13 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str
     if not state["decoded_video"]:
         raise NotMedia(f"{name}: no decodable video frames")
     last_time = state["last_time"]
-    frame_period = state["period"] or 1.0 / float(vstream.average_rate or spec.fps)
+    declared = float(vstream.average_rate or 0)
+    # A damaged header can declare any rate (1/134217 fps was seen): trust it only if plausible.
+    frame_period = state["period"] or (1.0 / declared if 1.0 <= declared <= 1000.0 else 1.0 / spec.fps)
     frames.extend(rgb for _, rgb in sampler.flush(last_time + frame_period))
     yield from ready(final=True)
     if index == 0:
         raise ShortSource(f"{name}: shorter than one chunk ({spec.chunk_seconds:g} s) and last='drop'")
     expected = float(container.duration) / 1e6 if container.duration else None
-    if expected and last_time + frame_period + 1.0 < expected:
+    if expected and last_time - state["shift"] + frame_period + 1.0 < expected:  # on the file's own clock
         raise TruncatedMedia(f"{name}: video ends at {last_time:.2f}s but the container says {expected:.2f}s")

@@ -12,6 +12,9 @@ import av
 from .types import ChunkSpec, DecodeError, UnsupportedCodec
 
 GAP_PERIODS = 2.5  # variable frame rate sources stretch a period to 2x; a real loss is longer
+# A forward jump longer than this inside one stream is a broken timestamp, not a pause: held frames
+# across it would be hours of chunks from a short file. The timeline is re-based over it instead.
+MAX_JUMP_SECONDS = 30.0
 
 
 def frame_time(frame: av.frame.Frame, fallback: float) -> float:
@@ -33,11 +36,16 @@ def pyav_events(container, vstream, astream, name: str, state: dict) -> Iterator
             yield ("damaged", state["last_time"], 1)
             continue
         except av.error.DecoderNotFoundError as exc:
-            raise UnsupportedCodec(f"{name}: no decoder for {packet.stream.codec_context.name} ({exc})") from None
+            codec = getattr(packet.stream.codec_context, "name", None) or f"its {packet.stream.type} stream"
+            raise UnsupportedCodec(f"{name}: no decoder for {codec} ({exc})") from None
         for frame in decoded:
             if packet.stream is vstream:
-                time = frame_time(frame, state["last_time"])
+                time = frame_time(frame, state["last_time"] - state["shift"]) + state["shift"]
                 step, period = time - state["last_time"], state["period"]
+                if state["decoded_video"] and step > MAX_JUMP_SECONDS:
+                    state["shift"] -= step - (period or 0.0)
+                    time, step = state["last_time"] + (period or 0.0), period or 0.0
+                    yield ("damaged", time, 1)  # the chunk is flagged: its timeline broke here
                 if state["decoded_video"] and step > 0:
                     if period and step > GAP_PERIODS * period:
                         yield ("damaged", time, round(step / period) - 1)
