@@ -30,8 +30,9 @@ CODECS = {  # codec -> (container, audio codec, audio rate, encoder options)
     "h264": ("mp4", "aac", 48000, {"preset": "veryfast", "bf": "2"}),
     "vp9": ("mkv", "libopus", 48000, {"deadline": "realtime", "cpu-used": "8"}),
     "mjpeg": ("mkv", "pcm_s16le", 44100, {}),
+    "hevc": ("mp4", "aac", 48000, {"preset": "ultrafast"}),
 }
-ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9", "mjpeg": "mjpeg"}
+ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9", "mjpeg": "mjpeg", "hevc": "libx265"}
 
 
 def encode(path: Path, codec: str, seconds: float, size: tuple[int, int], fps: int) -> Path:

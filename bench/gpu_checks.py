@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -267,35 +266,6 @@ def _count_copies(engine_dir: Path) -> dict:
 
 
 # ---- 4. DALI NVDEC ------------------------------------------------------------------------------
-def _encode(path: Path, codec: str, size: tuple[int, int], seconds: float = 4.0, fps: int = 30) -> Path:
-    import av
-
-    with av.open(str(path), "w") as out:
-        video = out.add_stream(codec, rate=fps)
-        video.width, video.height = size
-        video.pix_fmt = "yuv420p"
-        video.options = {"preset": "ultrafast"}  # the decode is measured, not the encode
-        audio = out.add_stream("aac", rate=16000)
-        audio.layout = "mono"
-        y, x = np.mgrid[: size[1], : size[0]]
-        for i in range(int(seconds * fps)):
-            rgb = np.stack([(x + 4 * i) % 256, (y + 2 * i) % 256, np.full_like(x, (3 * i) % 256)], -1).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            for packet in video.encode(frame):
-                out.mux(packet)
-        samples = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * 16000)) / 16000)).astype(np.float32)
-        for k in range(0, len(samples), 1024):
-            frame = av.AudioFrame.from_ndarray(samples[None, k : k + 1024], format="flt", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = 16000, k, Fraction(1, 16000)
-            for packet in audio.encode(frame):
-                out.mux(packet)
-        for stream in (video, audio):
-            for packet in stream.encode(None):
-                out.mux(packet)
-    return path
-
-
 def dali(work: Path) -> dict:
     _module("nvidia.dali", "carry its wheels: ../shared/gpu/prepare dali")
     _module("av", "carry its wheels: ../shared/gpu/prepare av")
@@ -307,11 +277,13 @@ def dali(work: Path) -> dict:
 
     spec = ChunkSpec.from_config(MirasolConfig.preset("edge"))
     results = {}
-    for codec in ("libx264", "libx265"):
+    from decode import encode  # bench/decode.py's clips: PyAV's encoders, moving content, audio
+
+    for codec in ("h264", "hevc"):
         for size in ((1280, 720), (1920, 1080)):
-            label = f"{'h264' if codec == 'libx264' else 'hevc'}-{size[1]}p"
+            label = f"{codec}-{size[1]}p"
             try:
-                clip = _encode(work / f"{label}.mp4", codec, size)
+                clip = encode(work / label, codec, 4.0, size, 30)
             except Exception as exc:  # this PyAV may lack the encoder
                 results[label] = {"skipped": f"PyAV cannot encode {codec}: {exc}"}
                 continue

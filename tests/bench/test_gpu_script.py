@@ -2,6 +2,7 @@
 and writes the JSON its readers (bench/README.md) expect."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ def test_without_a_gpu_every_check_is_skipped_with_its_reason(tmp_path):
     env_work = tmp_path / "work"
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=120,
-                            env={**__import__("os").environ, "MIRASOL_GPU_WORK": str(env_work)})
+                            env={**os.environ, "MIRASOL_GPU_WORK": str(env_work)})
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["schema"] == gpu.SCHEMA and report["seconds"] < 60

@@ -26,12 +26,12 @@ from safetensors.numpy import load_file, save_file
 from mirasol_edge.errors import MirasolError
 from mirasol_edge.runtime.components import COMPONENTS
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, DecodeError, chunks
+from mirasol_edge.runtime.decode.types import MEDIA_SUFFIXES
 from mirasol_edge.runtime.files import atomic_path, sha256_file
 from mirasol_edge.toolkit.reference import record_stream
 
 FORMAT = "mirasol-calib/2"  # 2: recorded through MirasolStream on the PyTorch reference
 CALIB_SEED = 30_000_000  # synthetic calibration clips; training and held-out evaluation use other seeds
-MEDIA_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".ts", ".m4v"}
 
 Sample = dict[str, np.ndarray]
 SyntheticMedia = Callable[[int], list[Path]]  # clips wanted -> clip files

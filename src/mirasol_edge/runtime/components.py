@@ -75,17 +75,11 @@ class ComponentContract:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
-    def input(self, name: str) -> TensorSpec:
-        return next(t for t in self.inputs if t.name == name)
-
     def dummy_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Inputs of the right names, dtypes and shapes (dynamic axes at their maximum)."""
         rng = np.random.default_rng(seed)
         dims = {d: hi for d, (_, hi) in self.dynamic.items()}
         return {t.name: t.example(rng, dims) for t in self.inputs}
-
-    def missing_feeds(self, feeds) -> list[str]:
-        return [n for n in self.input_names if n not in feeds]
 
 
 def _t(name: str, shape: tuple, dtype: str = "float32") -> TensorSpec:

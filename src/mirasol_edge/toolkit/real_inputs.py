@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from mirasol_edge.assets import SAMPLE_CLIP
+from mirasol_edge.runtime.decode.types import MEDIA_SUFFIXES
 
 from .recipe import Recipe
 from .reference import record_stream
 from .source import ModelSource
 
-MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".ts", ".m4v")
 PARITY_QUESTION = "what colour is the square?"
 BATCHED = ("chunk_encoder", "ar_step")  # the components whose batch is the recipe's
 

@@ -43,10 +43,6 @@ def output_set_for(sets: list[set[int]], inputs: set[int]) -> int:
     raise BackendError("every output buffer set holds one of this step's inputs")
 
 
-def cuda_graphs_on(backend: TrtBackend) -> bool:
-    return backend.cuda_graphs
-
-
 def gpu_accepts(targets: list[str], found: str, hardware_compatibility: str) -> bool:
     """Whether engines built for ``targets`` run on a GPU of compute capability ``found``."""
     if hardware_compatibility == "ampere_plus":
@@ -69,7 +65,7 @@ class TrtRunner(Runner):
         self.seen: OrderedDict[tuple, None] = OrderedDict()
         # Why this runner does not capture CUDA graphs itself (None: it does, once warm).
         self.no_capture: str | None = (
-            "TensorRT-RTX captures (runtime cuda_graph_strategy)" if backend.rtx and cuda_graphs_on(backend)
+            "TensorRT-RTX captures (runtime cuda_graph_strategy)" if backend.rtx and backend.cuda_graphs
             else "CUDA graphs off" if not backend.cuda_graphs
             else "dynamic shapes (text decoding)" if self.dynamic else None)
         capturable = getattr(self.context, "is_stream_capturable", None)

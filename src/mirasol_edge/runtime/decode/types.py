@@ -12,6 +12,7 @@ import numpy as np
 from mirasol_edge.errors import MirasolError
 
 LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")  # not files on disk
+MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".ts", ".m4v")  # a folder's video files
 
 
 class DecodeError(MirasolError):
