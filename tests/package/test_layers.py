@@ -17,8 +17,9 @@ ALLOWED = {
     "toolkit": {"errors", "assets", "recipes", "runtime"},
     "calib": {"errors", "assets", "runtime", "toolkit"},
     "bench": {"errors", "console", "runtime"},
+    "serve": {"errors", "runtime"},  # Triton: the repository, the stream model inside it, the client
     "demo": {"errors", "console", "assets", "runtime", "toolkit", "calib"},
-    "cli": {"errors", "console", "assets", "runtime", "toolkit", "calib", "demo", "bench"},
+    "cli": {"errors", "console", "assets", "runtime", "toolkit", "calib", "demo", "bench", "serve"},
 }
 
 

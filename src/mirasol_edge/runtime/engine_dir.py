@@ -114,8 +114,10 @@ class EngineDir:
         return load_file(str(path))
 
     @classmethod
-    def open(cls, path: str | Path, use_onnx: bool = False) -> EngineDir:
-        """Load and verify; ``use_onnx`` checks the ONNX graphs instead of the engines."""
+    def open(cls, path: str | Path, use_onnx: bool = False, component_files: bool = True) -> EngineDir:
+        """Load and verify; ``use_onnx`` checks the ONNX graphs instead of the engines. Without
+        ``component_files`` only the manifest and the initial state are needed: a Triton stream
+        model runs the components as other models, whose files live in their own folders."""
         path = Path(path)
         manifest = load_manifest(path)
         where = path / MANIFEST
@@ -131,7 +133,9 @@ class EngineDir:
         for name in COMPONENTS:
             entry = manifest.components[name]
             engine = None
-            if use_onnx:
+            if not component_files:
+                pass
+            elif use_onnx:
                 verify_onnx(path, name, entry)
             else:
                 if entry.engine_data:

@@ -28,7 +28,7 @@ from .components import state_input, state_output
 from .engine_dir import EngineDir
 from .generate import greedy
 from .results import Answer, ChunkResult, ChunkShapeError, PushTimings, RawChunk, prepare_chunk
-from .snapshot import read_snapshot, read_snapshot_metadata, write_snapshot
+from .snapshot import read_snapshot, read_snapshot_bytes, read_snapshot_metadata, snapshot_bytes, write_snapshot
 
 __all__ = ["Answer", "ChunkResult", "ChunkShapeError", "MirasolEngines", "MirasolStream", "PushTimings", "RawChunk"]
 log = logging.getLogger(__name__)
@@ -227,6 +227,14 @@ class MirasolStream:
             seen = self.chunks_seen
         return write_snapshot(path, host, seen, self.engines.dir)
 
+    def snapshot_bytes(self) -> bytes:
+        """The snapshot ``snapshot`` writes, as bytes (a server returns it to its client)."""
+        with self._lock:
+            self._check_open()
+            host = {name: self.engines.backend.download(v) for name, v in self._state.items()}
+            seen = self.chunks_seen
+        return snapshot_bytes(host, seen, self.engines.dir)
+
     @classmethod
     def restore(cls, path: str | Path, engine_dir: str | Path | None = None, backend: str = "auto",
                 device: str = "auto", **options) -> MirasolStream:
@@ -241,7 +249,12 @@ class MirasolStream:
         return stream
 
     def load_snapshot(self, path: str | Path) -> None:
-        host, seen = read_snapshot(path, self.engines.dir, self.engines.initial_state)
+        self._load(*read_snapshot(path, self.engines.dir, self.engines.initial_state))
+
+    def load_snapshot_bytes(self, data: bytes, where: str = "snapshot") -> None:
+        self._load(*read_snapshot_bytes(data, self.engines.dir, self.engines.initial_state, where))
+
+    def _load(self, host: dict[str, np.ndarray], seen: int) -> None:
         backend = self.engines.backend
         with self._lock:
             self._check_open()
