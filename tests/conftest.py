@@ -67,3 +67,37 @@ def tiny_rtx_engines(tmp_path_factory, lively_checkpoint):
     out = tmp_path_factory.mktemp("engines") / "tiny-rtx"
     build(load_recipe("rtx"), out, checkpoint=lively_checkpoint)
     return out
+
+
+def triton_python():
+    """The Triton server's environment (make triton-venv); CI sets MIRASOL_REQUIRE_TRITON so its
+    absence fails the tests that need it instead of skipping them."""
+    import os
+
+    from mirasol_edge.serve.local_server import server_python
+
+    python = server_python()
+    if python is None:
+        reason = "no Triton server environment: make triton-venv (or set MIRASOL_TRITON_PYTHON)"
+        if os.environ.get("MIRASOL_REQUIRE_TRITON"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return python
+
+
+@pytest.fixture(scope="session")
+def twin_repository(tmp_path_factory, tiny_engines):
+    """The CPU twin of the tiny engines' Triton repository, with a short idle timeout."""
+    from mirasol_edge.serve.repository import ServeOptions, write_repository
+
+    out = tmp_path_factory.mktemp("triton") / "repo"
+    return write_repository(tiny_engines, out, ServeOptions(idle_seconds=3.0, max_streams=64), twin=True)
+
+
+@pytest.fixture(scope="session")
+def triton_server(twin_repository):
+    """A real tritonserver serving the twin on free localhost ports, stopped at the end."""
+    from mirasol_edge.serve.local_server import LocalTriton
+
+    with LocalTriton(twin_repository, triton_python()) as server:
+        yield server

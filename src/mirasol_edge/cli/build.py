@@ -147,5 +147,32 @@ def engine(bundle, as_json):
         fail("mirasol-build", exc)
 
 
+@main.command("triton")
+@click.argument("engines", type=click.Path(file_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="the model repository to write")
+@click.option("--twin", is_flag=True, help="serve the engines' ONNX from Python-backend models (CPU, no NVIDIA container)")
+@click.option("--max-streams", type=click.IntRange(min=1), default=64, show_default=True,
+              help="streams the server keeps open at once")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="requests from different streams run together")
+@click.option("--idle-seconds", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="a stream with no request for this long is released")
+@click.option("--kind", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
+              help="where the engine models run (auto: gpu for TensorRT engines)")
+def triton(engines, out, twin, max_streams, max_batch, idle_seconds, kind):
+    """Write a Triton Inference Server model repository for ENGINES (see the README's "Serving many cameras")."""
+    from mirasol_edge.serve.repository import ServeOptions, write_repository
+
+    try:
+        options = ServeOptions(max_streams=max_streams, max_batch=max_batch, idle_seconds=idle_seconds, kind=kind)
+        repo = write_repository(engines, out, options, twin=twin)
+    except Exception as exc:
+        fail("mirasol-build triton", exc)
+    models = sorted(d.name for d in repo.iterdir() if (d / "config.pbtxt").is_file())
+    click.echo(f"wrote {repo}: models {', '.join(models)}" + (" (CPU twin)" if twin else ""))
+    click.echo(f"serve it: tritonserver --model-repository={repo.resolve()}; "
+               "stream to it: mirasol-run SOURCE --server HOST:8001")
+
+
 if __name__ == "__main__":
     main()

@@ -132,8 +132,10 @@ class Reporter:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source", required=False)
-@click.option("--engines", "-e", "engine_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--engines", "-e", "engine_dir", type=click.Path(file_okay=False),
               help="an engine directory built by mirasol-build")
+@click.option("--server", metavar="HOST:PORT", help="stream to a Triton server (gRPC) instead of local engines")
+@click.option("--stream-id", help="with --server: this stream's ID (routers pin it to a server); default: a new one")
 @click.option("--ask", "-a", "questions", multiple=True, help="a question; repeat for several")
 @click.option("--questions", "questions_file", type=click.Path(dir_okay=False, exists=True),
               help="a JSON file of questions with expected answers ({\"qa\": [{\"question\", \"answer\"}]}, as "
@@ -156,8 +158,8 @@ class Reporter:
 @click.option("--restore", type=click.Path(dir_okay=False), help="start from a snapshot of an earlier run")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="write the state here at the end")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts: chunk, answer and summary events")
-def main(source, engine_dir, questions, questions_file, sample, ask_every, backend, device, max_chunks, last, drop,
-         reconnects, threads, restore, snapshot, as_json):
+def main(source, engine_dir, server, stream_id, questions, questions_file, sample, ask_every, backend, device, max_chunks,
+         last, drop, reconnects, threads, restore, snapshot, as_json):
     """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
     ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
 
@@ -165,6 +167,7 @@ def main(source, engine_dir, questions, questions_file, sample, ask_every, backe
     mirasol-run --sample --engines engines/tiny-cpu          # the bundled clip and its questions
     mirasol-run clip.mp4 --engines engines/tiny-cpu --ask "what colour is the square?"
     mirasol-run rtsp://cam/stream -e engines/rtx -a "is anyone there?" --ask-every 30 --json
+    mirasol-run rtsp://cam/stream --server triton:8001 --stream-id cam-7 -a "is anyone there?"
     """
     from mirasol_edge.runtime.decode.chunks import ChunkSpec
     from mirasol_edge.runtime.decode.live import LiveSource, decode_ahead
@@ -180,11 +183,20 @@ def main(source, engine_dir, questions, questions_file, sample, ask_every, backe
         questions = list(questions) + [q for q in expected if q not in questions]
         if ask_every and not questions:
             raise click.UsageError("--ask-every needs at least one --ask")
+        if (engine_dir is None) == (server is None):
+            raise click.UsageError("give --engines (run here) or --server (run on a Triton server), one of them")
         live_source = source.startswith(LIVE_PREFIXES) or drop not in (None, "none")
-        options = _cpu_threads(engine_dir, backend, device, threads, decoding_ahead=not live_source)
-        stream = (MirasolStream.restore(restore, engine_dir, backend, device, **options) if restore
-                  else MirasolStream.open(engine_dir, backend, device, **options))
-        spec = ChunkSpec.from_config(stream.engines.dir.config)
+        if server:
+            from mirasol_edge.serve.client import RemoteStream
+
+            stream = RemoteStream.restore(restore, server, stream_id) if restore else RemoteStream(server, stream_id)
+            config, backend_info = stream.config, stream.describe()
+        else:
+            options = _cpu_threads(engine_dir, backend, device, threads, decoding_ahead=not live_source)
+            stream = (MirasolStream.restore(restore, engine_dir, backend, device, **options) if restore
+                      else MirasolStream.open(engine_dir, backend, device, **options))
+            config, backend_info = stream.engines.dir.config, stream.engines.backend.describe()
+        spec = ChunkSpec.from_config(config)
         reporter = Reporter(as_json, None if max_chunks else _expected_chunks(source, spec.chunk_seconds))
         push_ms, decode_ms, media = [], [], 0.0
         start = time.perf_counter()
@@ -215,11 +227,11 @@ def main(source, engine_dir, questions, questions_file, sample, ask_every, backe
             reporter.answer(q, answer, expected.get(q))
         if snapshot:
             stream.snapshot(snapshot)
-        reporter.summary({"source": source, "engines": engine_dir, "chunks": len(push_ms),
+        reporter.summary({"source": source, "engines": engine_dir or server, "chunks": len(push_ms),
                           "media_seconds": round(media, 3), "wall_seconds": round(wall, 3),
                           "realtime_factor": round(media / wall, 2) if wall else None,
                           "push_ms": stats(push_ms), "decode_ms": stats(decode_ms),
-                          "backend": stream.engines.backend.describe(), "snapshot": snapshot,
+                          "backend": backend_info, "snapshot": snapshot,
                           "correct": f"{correct}/{len(expected)}" if expected else None,
                           "dropped": live.stats.dropped if live else 0,
                           "reconnects": live.stats.reconnects if live else 0})

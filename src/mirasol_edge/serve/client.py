@@ -11,6 +11,7 @@ from the last snapshot continues where it was.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -39,10 +40,10 @@ class StreamLost(ServerError):
 
 class RemoteStream:
     def __init__(self, url: str, stream_id: str | int | None = None, model: str = p.STREAM_MODEL,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, connect_retry_s: float = 5.0) -> None:
         import tritonclient.grpc as grpcclient
 
-        self.url, self.model, self.timeout_s = url, model, timeout_s
+        self.url, self.model, self.timeout_s, self.connect_retry_s = url, model, timeout_s, connect_retry_s
         self.stream_id = stream_id if stream_id is not None else uuid.uuid4().hex
         self.sequence_id = p.sequence_id(self.stream_id)
         self._grpc = grpcclient
@@ -53,6 +54,8 @@ class RemoteStream:
         self.video_shape = tuple(int(d) for d in video["dims"])
         self.video_dtype = np.dtype(NUMPY_TYPES[video["data_type"]])
         self.mel_shape = tuple(int(d) for d in inputs[p.MEL]["dims"]) if p.MEL in inputs else None
+        # The model's config (chunk length, sizes), so a caller can cut chunks as the engines expect.
+        self.config = json.loads(config["config"]["parameters"][p.MODEL_CONFIG]["string_value"])
         self.chunks_seen = 0
         self._started = False
         self.closed = False
@@ -63,19 +66,25 @@ class RemoteStream:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def describe(self) -> dict:
+        return {"backend": "triton", "server": self.url, "model": self.model, "stream_id": str(self.stream_id)}
+
     # ---- the stream API -------------------------------------------------------------------
     def push(self, chunk=None, *, frames: np.ndarray | None = None, mel: np.ndarray | None = None) -> ChunkResult:
         if chunk is None:
             chunk = RawChunk(frames, mel)
         video, mel_in = prepare_chunk(chunk, self.video_shape, self.video_dtype, self.mel_shape)
+        start = time.perf_counter()
         inputs = [self._input(p.VIDEO, video[None])]
         if mel_in is not None:
             inputs.append(self._input(p.MEL, mel_in[None]))
         out = self._infer("push", inputs)
         index = int(out.as_numpy(p.CHUNK_INDEX)[0, 0])
         self.chunks_seen = index + 1
-        return ChunkResult(index, out.as_numpy(p.OUTPUTS)[0], PushTimings(*out.as_numpy(p.TIMINGS)[0].tolist()),
-                           getattr(chunk, "t0", None), getattr(chunk, "t1", None), int(getattr(chunk, "flags", 0)))
+        upload_ms, encode_ms, ar_ms, _ = out.as_numpy(p.TIMINGS)[0].tolist()  # the server's stages
+        timings = PushTimings(upload_ms, encode_ms, ar_ms, (time.perf_counter() - start) * 1e3)  # total: the round trip
+        return ChunkResult(index, out.as_numpy(p.OUTPUTS)[0], timings, getattr(chunk, "t0", None),
+                           getattr(chunk, "t1", None), int(getattr(chunk, "flags", 0)))
 
     def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
         if not isinstance(question, str) or not question.strip():
@@ -138,16 +147,29 @@ class RemoteStream:
     def _call(self, what: str, fn):
         from tritonclient.utils import InferenceServerException
 
-        try:
-            return fn()
-        except InferenceServerException as exc:
-            message, status = exc.message() or str(exc), str(exc.status())
-            where = f"{self.url}, model {self.model!r}, stream {self.stream_id!r}"
-            if any(marker in message for marker in LOST_MARKERS):
-                raise StreamLost(f"{where}: the server no longer holds this stream (restarted, idle timeout, or "
-                                 f"closed); restore it from its last snapshot ({message})") from None
-            if status in GONE_STATUSES:
-                raise ServerError(f"{where}: server unreachable during {what} ({status}: {message}); if it "
-                                  "restarted, the stream's state is gone: restore from its last snapshot") from None
-            raise ServerError(f"{where}: {what} refused: {message}") from None
+        deadline = time.monotonic() + self.connect_retry_s
+        while True:
+            try:
+                return fn()
+            except InferenceServerException as exc:
+                # Never delivered (gRPC backs off after a refused connection, e.g. while a server
+                # restarts): safe to send again, for a bounded time. Anything else is raised.
+                if not _not_delivered(exc) or time.monotonic() > deadline:
+                    self._raise(what, exc)
+                time.sleep(0.25)
 
+    def _raise(self, what: str, exc) -> None:
+        message, status = exc.message() or str(exc), str(exc.status())
+        where = f"{self.url}, model {self.model!r}, stream {self.stream_id!r}"
+        if any(marker in message for marker in LOST_MARKERS):
+            raise StreamLost(f"{where}: the server no longer holds this stream (restarted, idle timeout, or "
+                             f"closed); restore it from its last snapshot ({message})") from None
+        if status in GONE_STATUSES:
+            raise ServerError(f"{where}: server unreachable during {what} ({status}: {message}); if it "
+                              "restarted, the stream's state is gone: restore from its last snapshot") from None
+        raise ServerError(f"{where}: {what} refused: {message}") from None
+
+
+def _not_delivered(exc) -> bool:
+    message = exc.message() or ""
+    return str(exc.status()) == "StatusCode.UNAVAILABLE" and ("failed to connect" in message or "refused" in message)

@@ -84,7 +84,8 @@ class LocalTriton:
         env = dict(os.environ)
         env["PATH"] = f"{self.python.parent}:{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = ":".join(filter(None, [info["libdir"], info["libs"], env.get("LD_LIBRARY_PATH")]))
-        self.grpc_port, self.http_port = _free_port(), _free_port()
+        if not self.grpc_port:  # a restart keeps its ports, as a real server behind a fixed address would
+            self.grpc_port, self.http_port = _free_port(), _free_port()
         command = [str(server / "bin" / "tritonserver"), f"--model-repository={self.repo}",
                    f"--backend-directory={server / 'backends'}", f"--cache-directory={server / 'caches'}",
                    f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", "--allow-metrics=false",

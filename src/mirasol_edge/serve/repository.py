@@ -53,8 +53,10 @@ class ServeOptions:
 def write_repository(engine_dir: str | Path, out: str | Path, options: ServeOptions = ServeOptions(),
                      twin: bool = False) -> Path:
     """Write REPO from ENGINES; the whole folder appears at once (written beside, then renamed)."""
-    from tritonclient.grpc import model_config_pb2 as mc
-
+    try:
+        from tritonclient.grpc import model_config_pb2 as mc
+    except ImportError:
+        raise RepositoryError("writing a Triton repository needs tritonclient: pip install 'mirasol-edge[serve]'") from None
     engines = EngineDir.open(engine_dir)
     backend = engines.backend
     if not twin and backend not in PLATFORMS:
@@ -164,6 +166,7 @@ def _write_stream_model(mc, folder: Path, engines: EngineDir, options: ServeOpti
     _tensor(mc, config.output, p.TIMINGS, "TYPE_FP64", [4])
     _tensor(mc, config.output, p.ANSWER, "TYPE_STRING", [1])
     _tensor(mc, config.output, p.SNAPSHOT_OUT, "TYPE_STRING", [1])
+    config.parameters[p.MODEL_CONFIG].string_value = json.dumps(engines.config)
     config.parameters["idle_seconds"].string_value = str(options.idle_seconds)
     config.parameters["state_memory"].string_value = kind  # where the state tensors live between requests
     # One instance holds every stream: the oldest strategy keeps a sequence on one instance.
