@@ -7,7 +7,10 @@ BIN := $(VENV)/bin
 # The tests' Triton server runs in its own environment: its Python backend stub needs numpy < 2.
 TRITON_VENV ?= .venv-triton
 
-.PHONY: setup demo test lint triton-venv
+# What the tests take from Debian: NGINX (the router in front of two Triton servers).
+DEBIAN_PACKAGES := nginx-light
+
+.PHONY: setup demo test lint triton-venv debian-packages
 
 setup: $(VENV)/.installed
 
@@ -36,6 +39,15 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/vermin --target=3.10- --violations --no-tips --eval-annotations src tests bench
 
+# Installed when missing and we are root (CI is); otherwise say what to install.
+debian-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		else echo "the tests need Debian packages: sudo apt-get install $$missing"; exit 1; fi; \
+	fi
+
 # The Triton tests must run here (MIRASOL_REQUIRE_TRITON): a missing server fails them instead of skipping.
-test: lint triton-venv
+test: lint triton-venv debian-packages
 	MIRASOL_TRITON_PYTHON=$(TRITON_VENV)/bin/python MIRASOL_REQUIRE_TRITON=1 $(BIN)/python -m pytest -q
