@@ -7,10 +7,13 @@ BIN := $(VENV)/bin
 # The tests' Triton server runs in its own environment: its Python backend stub needs numpy < 2.
 TRITON_VENV ?= .venv-triton
 
-# What the tests take from Debian: NGINX (the router in front of two Triton servers).
-DEBIAN_PACKAGES := nginx-light
+# What the tests take from Debian: NGINX (the router in front of two Triton servers), GStreamer
+# with its libav decoders, typelibs and RTSP server, and what PyGObject builds against.
+DEBIAN_PACKAGES := nginx-light gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-bad gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
+	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config
 
-.PHONY: setup demo test lint triton-venv debian-packages
+.PHONY: setup demo test lint triton-venv debian-packages gstreamer-python
 
 setup: $(VENV)/.installed
 
@@ -48,6 +51,14 @@ debian-packages:
 		else echo "the tests need Debian packages: sudo apt-get install $$missing"; exit 1; fi; \
 	fi
 
-# The Triton tests must run here (MIRASOL_REQUIRE_TRITON): a missing server fails them instead of skipping.
-test: lint triton-venv debian-packages
-	MIRASOL_TRITON_PYTHON=$(TRITON_VENV)/bin/python MIRASOL_REQUIRE_TRITON=1 $(BIN)/python -m pytest -q
+# PyGObject (GStreamer sources) builds against Debian's libgirepository, so it comes after them.
+gstreamer-python: $(VENV)/.gstreamer
+
+$(VENV)/.gstreamer: pyproject.toml | debian-packages setup
+	$(BIN)/pip install --quiet -e ".[gstreamer]"
+	touch $@
+
+# The Triton and GStreamer tests must run here (MIRASOL_REQUIRE_*): what is missing fails them, not skips them.
+test: lint triton-venv debian-packages gstreamer-python
+	MIRASOL_TRITON_PYTHON=$(TRITON_VENV)/bin/python MIRASOL_REQUIRE_TRITON=1 MIRASOL_REQUIRE_GSTREAMER=1 \
+		$(BIN)/python -m pytest -q

@@ -9,6 +9,7 @@ One table for every command (mirasol-build, mirasol-run, mirasol-bench, mirasol-
   6  the output directory
   7  calibration or quantization
   8  a snapshot
+  9  a Triton server: unreachable, refusing, or no longer holding a stream
 
 Anything else is a bug: the commands let it show its traceback.
 """

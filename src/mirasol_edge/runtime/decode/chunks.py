@@ -1,11 +1,7 @@
-"""Media -> time-aligned chunks of frames and log-mel, decoded sequentially with PyAV.
-
-Time, not frame counts: output frame ``k`` of the stream is the last decoded frame whose
-presentation time is <= ``t_start + k / fps`` (sample and hold), so variable frame rate
-and B-frame reordering come out right. Chunk ``i`` covers ``[t0, t1)`` with
-``t0 = t_start + i * chunk_seconds``, and its audio is the resampled mono samples of
-exactly that window. Decoding is one pass over the packets: the cost per chunk does not
-depend on the position in the file, and memory holds one chunk of frames and audio.
+"""Media -> time-aligned chunks of frames and log-mel, decoded sequentially (PyAV, DALI, or
+GStreamer: ``gst:`` sources and ``decoder="gstreamer"``). The timing rules are the
+assembler's (``assemble.py``). Decoding is one pass over the packets: the cost per chunk does
+not depend on the position in the file, and memory holds one chunk of frames and audio.
 
 Last partial chunk: ``last="pad"`` repeats the last frame, pads silence and sets
 ``Flags.PADDED``; ``last="drop"`` drops it.
@@ -20,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 
 from mirasol_edge.errors import UsageError
 
+from .assemble import Assembler
 from .choose import choose_decoder
 from .events import dali_events, pyav_events
 from .mel import log_mel
@@ -97,50 +93,11 @@ def _looks_like_mp4(source: Any) -> bool:
     return head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide")
 
 
-class _VideoSampler:
-    """Sample-and-hold resampling of decoded frames onto the model's frame clock."""
-
-    def __init__(self, spec: ChunkSpec) -> None:
-        self.spec = spec
-        self.t_start: float | None = None
-        self.next_k = 0
-        self.held: av.VideoFrame | np.ndarray | None = None
-        self.held_rgb: np.ndarray | None = None
-
-    def _rgb(self) -> np.ndarray:
-        if self.held_rgb is None:
-            size = self.spec.image_size
-            held = self.held
-            self.held_rgb = held if isinstance(held, np.ndarray) else held.reformat(
-                width=size, height=size, format="rgb24").to_ndarray()
-        return self.held_rgb
-
-    def push(self, frame: av.VideoFrame | np.ndarray, time: float) -> list[tuple[float, np.ndarray]]:
-        out = []
-        if self.t_start is None:
-            self.t_start = time
-        if self.held is not None:
-            while self.t_start + self.next_k / self.spec.fps < time:
-                out.append((self.t_start + self.next_k / self.spec.fps, self._rgb()))
-                self.next_k += 1
-        self.held, self.held_rgb = frame, None
-        return out
-
-    def flush(self, end_time: float) -> list[tuple[float, np.ndarray]]:
-        out = []
-        if self.held is None:
-            return out
-        while self.t_start + self.next_k / self.spec.fps < end_time:
-            out.append((self.t_start + self.next_k / self.spec.fps, self._rgb()))
-            self.next_k += 1
-        return out
-
-
-DECODERS = ("auto", "pyav", "dali-cpu", "dali-gpu")
+DECODERS = ("auto", "pyav", "dali-cpu", "dali-gpu", "gstreamer", "gstreamer-software", "gstreamer-hardware")
 
 
 def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
-           decoder: str = "auto", mel: str = "auto") -> Iterator[Chunk]:
+           decoder: str = "auto", mel: str = "auto", audio: Any = None, audio_offset: float = 0.0) -> Iterator[Chunk]:
     """Yield ``Chunk``s from a file, URL, camera or bytes, sequentially (see module docstring).
 
     ``decoder``: ``auto`` picks DALI's NVDEC decoder on a GPU (H.264, HEVC, VP9, AV1; constant
@@ -149,6 +106,11 @@ def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
     on the 2-core benchmark machine it was 3-5x slower than PyAV at 640x360 (bench/decode.py).
     ``Chunk.decoder`` reports which one ran.
 
+    GStreamer (``gst.py``) decodes ``gst:`` pipeline sources, anything with ``decoder="gstreamer"``
+    (hardware decoders first where GStreamer has them; ``-software`` / ``-hardware`` to insist),
+    files and URLs under ``auto`` on a Jetson, and any source given a second ``audio`` source
+    (``alsa:hw:2,0``, ``pulse:``, ``gst:...``, a file; ``audio_offset`` seconds added to its times).
+
     ``mel``: ``numpy``, ``dali`` (DALI's operators, on the GPU with the NVDEC decoder) or
     ``auto`` (DALI with NVDEC, else numpy); both match the model's torch mel (tested).
     """
@@ -156,6 +118,13 @@ def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
         raise UsageError(f"last must be 'pad' or 'drop', got {last!r}")
     if decoder not in DECODERS:
         raise UsageError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if _use_gstreamer(source, decoder, audio):
+        from .gst_source import gst_chunks
+
+        gst_decoder = decoder.removeprefix("gstreamer-") if decoder.startswith("gstreamer-") else "auto"
+        yield from gst_chunks(source, spec, last, _mel_function(spec, mel, "gstreamer"), gst_decoder, audio,
+                              audio_offset, timeout=tuple(timeout) if isinstance(timeout, (tuple, list)) else float(timeout))
+        return
     name = _describe(source)
     container = open_media(source, timeout)
     try:
@@ -166,6 +135,15 @@ def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
                            mel_fn)
     finally:
         container.close()
+
+
+def _use_gstreamer(source: Any, decoder: str, audio: Any) -> bool:
+    from . import dali, gst
+
+    if decoder.startswith("gstreamer") or gst.is_gst(source) or audio is not None:
+        return True
+    # Jetson: DALI does not decode video there, and GStreamer has the hardware decoder.
+    return decoder == "auto" and isinstance(source, (str, Path)) and dali.is_jetson() and gst.available()
 
 
 def _mel_function(spec: ChunkSpec, mel: str, path: str):
@@ -200,88 +178,38 @@ def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str
     astream = container.streams.audio[0] if container.streams.audio else None
     vstream.thread_type = "AUTO"
     state = {"rate": spec.sample_rate, "last_time": 0.0, "decoded_video": 0, "period": None, "shift": 0.0}
-
-    sampler = _VideoSampler(spec)
-    frames: list[np.ndarray] = []
-    audio = np.zeros(0, dtype=np.float32)  # samples from audio_t0 on, trimmed as chunks go out
-    audio_t0: float | None = None
-    audio_done = astream is None
-    index, damaged, audio_changed = 0, 0, False
-    base_flags = Flags.SILENT if astream is None else Flags.NONE
-
-    def chunk_audio(t0: float, t1: float) -> tuple[np.ndarray, bool]:
-        """Samples of [t0, t1) and whether all of them are there yet."""
-        n = spec.samples_per_chunk
-        if audio_t0 is None:
-            return np.zeros(n, np.float32), audio_done
-        start = round((t0 - audio_t0) * spec.sample_rate)
-        window = np.zeros(n, np.float32)
-        lo, hi = max(start, 0), min(start + n, len(audio))
-        if hi > lo:
-            window[lo - start : hi - start] = audio[lo:hi]
-        return window, audio_done or len(audio) >= start + n
-
-    def ready(final: bool) -> Iterator[Chunk]:
-        nonlocal frames, index, damaged, audio, audio_t0, audio_changed
-        while len(frames) >= spec.frames_per_chunk or (final and frames):
-            t0 = sampler.t_start + index * spec.chunk_seconds
-            t1 = t0 + spec.chunk_seconds
-            samples, complete = chunk_audio(t0, t1)
-            if not complete and not final:
-                return
-            flags = base_flags
-            take = frames[: spec.frames_per_chunk]
-            if len(take) < spec.frames_per_chunk:
-                if last == "drop":
-                    frames = []
-                    return
-                take = take + [take[-1]] * (spec.frames_per_chunk - len(take))
-                flags |= Flags.PADDED
-            if damaged:
-                flags |= Flags.DAMAGED
-            if audio_changed:
-                flags |= Flags.AUDIO_CHANGED
-            yield Chunk(np.stack(take), mel_fn(samples), t0, t1, index, flags, damaged, path)
-            frames, index, damaged, audio_changed = frames[spec.frames_per_chunk :], index + 1, 0, False
-            if audio_t0 is not None:  # keep memory bounded: drop audio before the next chunk
-                cut = max(0, round((t1 - audio_t0) * spec.sample_rate))
-                audio, audio_t0 = audio[cut:], audio_t0 + cut / spec.sample_rate
-
+    out = Assembler(spec, last, mel_fn, path, has_audio=astream is not None)
     events = (dali_events(dali_source, vstream, astream, container, name, spec, path, state) if dali_source
               else pyav_events(container, vstream, astream, name, state))
     try:
         for kind, time, payload in events:
             if kind == "v":
-                frames.extend(rgb for _, rgb in sampler.push(payload, time))
+                out.video(payload, time)
             elif kind == "a":
-                if audio_t0 is None:
-                    audio_t0 = time if time is not None else 0.0
-                audio = np.concatenate([audio, payload])
+                out.audio_samples(time, payload)
             elif kind == "audio_changed":
-                audio_changed = True
+                out.audio_format_changed()
                 log.warning("%s: audio changed to %s, %s, %d Hz at %.2fs; resampling afresh", name, *payload, time)
             else:
-                damaged += payload
-            yield from ready(final=False)
+                out.damaged(payload)
+            yield from out.ready()
     except av.error.FFmpegError as exc:
         if not state["decoded_video"]:
             raise NotMedia(f"{name}: cannot decode ({exc})") from None
-        raise TruncatedMedia(f"{name}: decoding stopped after {index} chunks: {exc}") from None
+        raise TruncatedMedia(f"{name}: decoding stopped after {out.index} chunks: {exc}") from None
     except RuntimeError as exc:  # DALI reports decode failures as RuntimeError
         if dali_source is None:
             raise
         raise UnsupportedCodec(f"{name}: DALI ({path}) failed to decode: {str(exc).splitlines()[0]}") from None
 
-    audio_done = True
     if not state["decoded_video"]:
         raise NotMedia(f"{name}: no decodable video frames")
     last_time = state["last_time"]
     declared = float(vstream.average_rate or 0)
     # A damaged header can declare any rate (1/134217 fps was seen): trust it only if plausible.
     frame_period = state["period"] or (1.0 / declared if 1.0 <= declared <= 1000.0 else 1.0 / spec.fps)
-    frames.extend(rgb for _, rgb in sampler.flush(last_time + frame_period))
-    yield from ready(final=True)
-    if index == 0:
+    yield from out.finish(last_time + frame_period)
+    if out.index == 0:
         raise ShortSource(f"{name}: shorter than one chunk ({spec.chunk_seconds:g} s) and last='drop'")
     expected = float(container.duration) / 1e6 if container.duration else None
     if expected and last_time - state["shift"] + frame_period + 1.0 < expected:  # on the file's own clock

@@ -62,7 +62,7 @@ class LiveSource:
     def __init__(self, source: Any, spec: ChunkSpec, *, queue_chunks: int = 2, drop: str = "oldest",
                  max_reconnects: int = 3, reconnect_delay: float = 1.0, reconnect_on_end: bool = True,
                  open_timeout: float = 10.0, read_timeout: float = 5.0, chunk_timeout: float | None = 30.0,
-                 last: str = "drop") -> None:
+                 last: str = "drop", decoder: str = "auto", audio: Any = None) -> None:
         if drop not in DROP_POLICIES:
             raise UsageError(f"drop must be one of {DROP_POLICIES}, got {drop!r}")
         if queue_chunks < 1:
@@ -73,6 +73,7 @@ class LiveSource:
         self.reconnect_on_end = reconnect_on_end
         self.timeouts = (open_timeout, read_timeout)
         self.chunk_timeout, self.last = chunk_timeout, last
+        self.decoder, self.audio = decoder, audio  # as chunks() takes them (gstreamer, a second audio source)
         self.stats = LiveStats()
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
@@ -140,7 +141,8 @@ class LiveSource:
                 reason = "ended"
                 try:
                     first_t0 = None
-                    for chunk in chunks(self.source, self.spec, last=self.last, timeout=self.timeouts):
+                    for chunk in chunks(self.source, self.spec, last=self.last, timeout=self.timeouts,
+                                        decoder=self.decoder, audio=self.audio):
                         if self._stop.is_set():
                             return
                         first_t0 = chunk.t0 if first_t0 is None else first_t0

@@ -48,6 +48,7 @@ class Flags(enum.IntFlag):
     SILENT = 2  # the source has no audio track: the mel is of silence
     DAMAGED = 4  # frames in this chunk were lost (corrupt packets, or a gap the demuxer skipped)
     AUDIO_CHANGED = 8  # the audio's rate, layout or format changed here: resampled afresh from this chunk
+    AUDIO_GAP = 16  # a second audio source stalled, failed or ended: silence where its audio is missing
 
 
 @dataclass(frozen=True)
@@ -86,4 +87,5 @@ class Chunk:
     index: int
     flags: Flags
     damaged_frames: int = 0  # frames lost in this chunk: undecodable packets and gaps in the timestamps
-    decoder: str = "pyav"  # which path decoded the video: pyav, dali-cpu or dali-gpu
+    decoder: str = "pyav"  # which path decoded the video: pyav, dali-cpu, dali-gpu, gstreamer:<element>
+    audio_offset: float = 0.0  # seconds added to a second audio source's timestamps (gst_source.py)

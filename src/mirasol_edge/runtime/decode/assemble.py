@@ -1,0 +1,174 @@
+"""Timed frames and audio -> ``Chunk``s: the one assembler every decoder (PyAV, DALI, GStreamer) feeds.
+
+Time, not frame counts: output frame ``k`` is the last decoded frame whose presentation time
+is <= ``t_start + k / fps`` (sample and hold), so variable frame rate and B-frame reordering
+come out right. Chunk ``i`` covers ``[t0, t1)`` with ``t0 = t_start + i * chunk_seconds``, and
+its audio is the mono samples of exactly that window, placed by their own timestamps. Memory
+holds one chunk of frames and audio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .types import Chunk, ChunkSpec, Flags
+
+
+class VideoSampler:
+    """Sample-and-hold resampling of decoded frames onto the model's frame clock."""
+
+    def __init__(self, spec: ChunkSpec) -> None:
+        self.spec = spec
+        self.t_start: float | None = None
+        self.next_k = 0
+        self.held: Any = None  # a PyAV frame (converted when first needed) or RGB already at size
+        self.held_rgb: np.ndarray | None = None
+
+    def _rgb(self) -> np.ndarray:
+        if self.held_rgb is None:
+            size = self.spec.image_size
+            held = self.held
+            self.held_rgb = held if isinstance(held, np.ndarray) else held.reformat(
+                width=size, height=size, format="rgb24").to_ndarray()
+        return self.held_rgb
+
+    def push(self, frame: Any, time: float) -> list[np.ndarray]:
+        out = []
+        if self.t_start is None:
+            self.t_start = time
+        if self.held is not None:
+            while self.t_start + self.next_k / self.spec.fps < time:
+                out.append(self._rgb())
+                self.next_k += 1
+        self.held, self.held_rgb = frame, None
+        return out
+
+    def flush(self, end_time: float) -> list[np.ndarray]:
+        out = []
+        if self.held is None:
+            return out
+        while self.t_start + self.next_k / self.spec.fps < end_time:
+            out.append(self._rgb())
+            self.next_k += 1
+        return out
+
+
+class Assembler:
+    """Feed it ``video``, ``audio``, ``damaged`` and ``audio_changed``; take chunks from ``ready``."""
+
+    def __init__(self, spec: ChunkSpec, last: str, mel_fn: Callable[[np.ndarray], np.ndarray], decoder: str,
+                 has_audio: bool, place_audio_by_time: bool = False, audio_offset: float = 0.0) -> None:
+        """``place_audio_by_time``: each audio buffer goes where its timestamp says (live capture,
+        where a stall leaves a gap); otherwise samples follow one another from the first one's
+        time (files, whose audio is continuous and whose resampler output times can jitter)."""
+        self.spec, self.last, self.mel_fn, self.decoder = spec, last, mel_fn, decoder
+        self.place_audio_by_time, self.audio_offset = place_audio_by_time, audio_offset
+        self.gap = False  # the next chunk's audio was filled with silence
+        self.audio_end: float | None = None  # where a second audio source ended
+        self.sampler = VideoSampler(spec)
+        self.frames: list[np.ndarray] = []
+        self.audio = np.zeros(0, dtype=np.float32)  # samples from audio_t0 on, trimmed as chunks go out
+        self.audio_t0: float | None = None
+        self.audio_done = not has_audio
+        self.index = self.damaged_frames = 0
+        self.audio_changed = False
+        self.extra_flags = Flags.SILENT if not has_audio else Flags.NONE  # set for every chunk from now on
+
+    def video(self, frame: Any, time: float) -> None:
+        self.frames.extend(self.sampler.push(frame, time))
+
+    def audio_samples(self, time: float | None, samples: np.ndarray) -> None:
+        if self.audio_t0 is None:
+            self.audio_t0 = time if time is not None else 0.0
+        elif time is not None and self.place_audio_by_time:  # a gap becomes silence, an overlap is cut
+            expected = self.audio_t0 + len(self.audio) / self.spec.sample_rate
+            gap = round((time - expected) * self.spec.sample_rate)
+            if gap > self.spec.sample_rate // 100:  # over 10 ms: a real gap, not rounding
+                self.audio = np.concatenate([self.audio, np.zeros(gap, np.float32)])
+            elif gap < -(self.spec.sample_rate // 100):
+                samples = samples[min(-gap, len(samples)):]
+        self.audio = np.concatenate([self.audio, samples])
+
+    def damaged(self, frames: int) -> None:
+        self.damaged_frames += frames
+
+    def audio_format_changed(self) -> None:
+        self.audio_changed = True
+
+    def fill_audio_gap(self) -> None:
+        """Silence for what has not arrived of the next chunk's audio; that chunk is flagged AUDIO_GAP."""
+        rate, t0 = self.spec.sample_rate, self.sampler.t_start + self.index * self.spec.chunk_seconds
+        if self.audio_t0 is None:
+            self.audio_t0 = t0
+        missing = round((t0 + self.spec.chunk_seconds - self.audio_t0) * rate) - len(self.audio)
+        if missing > 0:
+            self.audio = np.concatenate([self.audio, np.zeros(missing, np.float32)])
+        self.gap = True
+
+    def end_audio(self, gap_after: bool = False) -> None:
+        """No more audio; with ``gap_after`` (a second source that ended or failed), every chunk
+        reaching past the last sample is flagged AUDIO_GAP."""
+        self.audio_done = True
+        if gap_after:
+            start = self.audio_t0 if self.audio_t0 is not None else float("-inf")
+            self.audio_end = start + len(self.audio) / self.spec.sample_rate
+
+    @property
+    def started(self) -> bool:
+        return self.sampler.t_start is not None
+
+    def _chunk_audio(self, t0: float) -> tuple[np.ndarray, bool]:
+        """Samples of [t0, t0 + chunk) and whether all of them are there yet."""
+        n = self.spec.samples_per_chunk
+        if self.audio_t0 is None:
+            return np.zeros(n, np.float32), self.audio_done
+        start = round((t0 - self.audio_t0) * self.spec.sample_rate)
+        window = np.zeros(n, np.float32)
+        lo, hi = max(start, 0), min(start + n, len(self.audio))
+        if hi > lo:
+            window[lo - start : hi - start] = self.audio[lo:hi]
+        return window, self.audio_done or len(self.audio) >= start + n
+
+    def ready(self, final: bool = False) -> Iterator[Chunk]:
+        spec = self.spec
+        while len(self.frames) >= spec.frames_per_chunk or (final and self.frames):
+            t0 = self.sampler.t_start + self.index * spec.chunk_seconds
+            t1 = t0 + spec.chunk_seconds
+            samples, complete = self._chunk_audio(t0)
+            if not complete and not final:
+                return
+            flags = self.extra_flags
+            take = self.frames[: spec.frames_per_chunk]
+            if len(take) < spec.frames_per_chunk:
+                if self.last == "drop":
+                    self.frames = []
+                    return
+                take = take + [take[-1]] * (spec.frames_per_chunk - len(take))
+                flags |= Flags.PADDED
+            if self.damaged_frames:
+                flags |= Flags.DAMAGED
+            if self.audio_changed:
+                flags |= Flags.AUDIO_CHANGED
+            if self.gap or self._uncovered(t0, t1):
+                flags |= Flags.AUDIO_GAP
+            yield Chunk(np.stack(take), self.mel_fn(samples), t0, t1, self.index, flags, self.damaged_frames,
+                        self.decoder, self.audio_offset)
+            self.frames = self.frames[spec.frames_per_chunk :]
+            self.index, self.damaged_frames, self.audio_changed, self.gap = self.index + 1, 0, False, False
+            if self.audio_t0 is not None:  # keep memory bounded: drop audio before the next chunk
+                cut = max(0, round((t1 - self.audio_t0) * spec.sample_rate))
+                self.audio, self.audio_t0 = self.audio[cut:], self.audio_t0 + cut / spec.sample_rate
+
+    def _uncovered(self, t0: float, t1: float) -> bool:
+        """A second source's audio that starts after the chunk does, or ended before it does."""
+        late = self.place_audio_by_time and self.audio_t0 is not None and t0 < self.audio_t0 - 0.01
+        return late or (self.audio_end is not None and t1 > self.audio_end + 0.01)
+
+    def finish(self, end_time: float) -> Iterator[Chunk]:
+        """The last frame held to ``end_time``, then whatever chunks that completes (padded per ``last``)."""
+        self.audio_done = True
+        self.frames.extend(self.sampler.flush(end_time))
+        yield from self.ready(final=True)
