@@ -1,4 +1,4 @@
-"""Decode throughput: PyAV vs DALI (CPU, and NVDEC on a GPU) into model chunks.
+"""Decode throughput: PyAV vs GStreamer vs DALI (CPU, and NVDEC on a GPU) into model chunks.
 
 Encodes its own clips (moving gradients with noise, beeps), then decodes each with each
 decoder that can take it, in a child process per run so peak RSS is that run's own:
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--preset", default="edge")
-    parser.add_argument("--decoders", nargs="+", default=["pyav", "dali-cpu", "dali-gpu"])
+    parser.add_argument("--decoders", nargs="+", default=["pyav", "gstreamer", "dali-cpu", "dali-gpu"])
     parser.add_argument("--media", type=Path, default=Path("/tmp/mirasol-bench-media"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/decode.json"))
     args = parser.parse_args()

@@ -8,7 +8,11 @@ client's round trip minus the server's own push time, for one stream alone.
 
     .venv/bin/python bench/serve.py [--presets tiny edge] [--streams 1 8 32 64] [--out bench/results/serve.json]
 
-Needs the server environment (make triton-venv).
+Needs the server environment (make triton-venv). On the day a GPU server is at hand, point it
+at the real deployment (NVIDIA's container serving ``mirasol-build triton ENGINES``) and give
+the same engines for the in-process side, on that machine:
+
+    python bench/serve.py --url localhost:8001 --engines engines/h100 --streams 1 8 32 64 128
 """
 
 from __future__ import annotations
@@ -77,28 +81,37 @@ def through_server(url: str, n: int, pushes: int, chunk: dict, tag: str) -> dict
             "overhead_and_wait_ms_p50": round(float(np.median(np.array(rtt) - np.array(server))), 3)}
 
 
-def bench_preset(preset: str, counts: list[int], pushes_for: dict, rounds: int, tmp: Path) -> dict:
-    engines_dir = tmp / f"{preset}-cpu"
-    build(load_recipe("cpu"), engines_dir, preset=preset)
-    repo = write_repository(engines_dir, tmp / f"{preset}-repo", ServeOptions(max_streams=max(counts), max_batch=64,
-                                                                                idle_seconds=600), twin=True)
+def bench_preset(preset: str, counts: list[int], pushes_for: dict, rounds: int, tmp: Path, url: str | None = None,
+                 engines_dir: Path | None = None) -> dict:
+    if engines_dir is None:
+        engines_dir = tmp / f"{preset}-cpu"
+        build(load_recipe("cpu"), engines_dir, preset=preset)
     engines = MirasolEngines(engines_dir)
     chunk = _chunk(engines, 0)
     report = {}
-    with LocalTriton(repo) as server:
-        through_server(server.url, 1, 3, chunk, "warm")  # first calls load sessions
+    local = None
+    if url is None:
+        repo = write_repository(engines_dir, tmp / f"{preset}-repo", ServeOptions(max_streams=max(counts), max_batch=64,
+                                                                                    idle_seconds=600), twin=True)
+        local = LocalTriton(repo).start()
+        url = local.url
+    try:
+        through_server(url, 1, 3, chunk, "warm")  # first calls load sessions
         for n in counts:
             pushes = pushes_for[preset](n)
             runs = {"in_process": [], "server": []}
             for r in range(rounds):  # A B A B
                 runs["in_process"].append(in_process(engines, n, pushes, chunk))
-                runs["server"].append(through_server(server.url, n, pushes, chunk, f"r{r}"))
+                runs["server"].append(through_server(url, n, pushes, chunk, f"r{r}"))
                 print(preset, n, "in-process", runs["in_process"][-1]["chunks_per_s"], "server",
                       runs["server"][-1]["chunks_per_s"], flush=True)
             best = {k: max(v, key=lambda x: x["chunks_per_s"]) for k, v in runs.items()}
             report[str(n)] = {"pushes_per_stream": pushes, "runs": runs, "best": best,
                               "server_vs_in_process": round(best["server"]["chunks_per_s"]
                                                             / best["in_process"]["chunks_per_s"], 3)}
+    finally:
+        if local is not None:
+            local.stop()
     engines.close()
     return report
 
@@ -109,16 +122,22 @@ def main() -> None:
     parser.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32, 64])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve.json")
+    parser.add_argument("--url", help="a running Triton server (gRPC) instead of the local CPU twin")
+    parser.add_argument("--engines", type=Path, help="with --url: the engines it serves, for the in-process side")
     args = parser.parse_args()
+    if args.url and not args.engines:
+        parser.error("--url needs --engines (the same engines, for the in-process side)")
     # Enough pushes for stable numbers, few enough that 64 edge streams finish in minutes on 2 cores.
     pushes_for = {"tiny": lambda n: max(4, 256 // n), "edge": lambda n: max(2, 32 // n),
                   "mirasol3b": lambda n: 2}
     results = {}
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         for preset in args.presets:
-            results[preset] = bench_preset(preset, args.streams, pushes_for, args.rounds, Path(tmp))
-    report = {"machine": machine.describe(), "what": "CPU twin under tritonserver 2.51 (nvidia-pytriton) vs in-process "
-              "push_many; same ONNX Runtime graphs", "results": results}
+            results[preset] = bench_preset(preset, args.streams, pushes_for, args.rounds, Path(tmp), args.url,
+                                           args.engines)
+    what = (f"the server at {args.url} vs in-process push_many on {args.engines}" if args.url else
+            "CPU twin under tritonserver 2.51 (nvidia-pytriton) vs in-process push_many; same ONNX Runtime graphs")
+    report = {"machine": machine.describe(), "what": what, "results": results}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     for preset, rows in results.items():
         for n, row in rows.items():

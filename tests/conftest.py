@@ -10,6 +10,9 @@ from mirasol_edge.toolkit.recipe import load_recipe
 
 
 def pytest_collection_modifyitems(config, items):
+    # GStreamer's plugins, once loaded, crashed later native code in the same process (TensorRT-RTX's
+    # ONNX parser, matplotlib's FreeType): its tests go last.
+    items.sort(key=lambda item: "gstreamer" in item.keywords)
     # The runtime's own probe, not torch's: the project installs CPU torch, which sees no GPU even on one.
     problem = gpu_problem()
     if problem is None:

@@ -159,3 +159,33 @@ def test_the_pytorch_reference_runs_on_cuda(tiny_engines):
         for a, b in zip(push_all(gpu, 8), push_all(cpu, 8)):
             np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-4)
         assert gpu.ask(QUESTION).text == cpu.ask(QUESTION).text
+
+
+@pytest.mark.requires_cuda
+def test_nvdec_frames_go_device_to_device_into_the_engine(tiny_rtx_engines, tmp_path, monkeypatch):
+    """DALI NVDEC's frames stay on the GPU: the same chunks as through the host, and a push
+    uploads only the mel from the host."""
+    _rtx_here(tiny_rtx_engines)
+    from mirasol_edge.runtime import cuda
+    from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
+    from mirasol_edge.runtime.decode.device_frames import DeviceFrames
+    from mirasol_edge.runtime.stream import MirasolStream
+    from tests.media import write_clip
+
+    with MirasolStream.open(tiny_rtx_engines) as host_path, MirasolStream.open(tiny_rtx_engines) as device_path:
+        spec = ChunkSpec.from_config(host_path.engines.dir.config)
+        clip = write_clip(tmp_path / "c.mp4", seconds=4.0, size=(160, 120), beeps=(1.5,), bframes=False)
+        on_host = list(chunks(str(clip), spec, decoder="dali-gpu"))
+        on_gpu = list(chunks(str(clip), spec, decoder="dali-gpu", device_frames=True))
+        assert len(on_host) == len(on_gpu) and isinstance(on_gpu[0].frames, DeviceFrames)
+        for a, b in zip(on_host, on_gpu):
+            np.testing.assert_array_equal(a.frames, np.asarray(b.frames))
+        uploads = {"n": 0}
+        upload = cuda.DeviceBuffer.upload
+        monkeypatch.setattr(cuda.DeviceBuffer, "upload", lambda *a: (uploads.__setitem__("n", uploads["n"] + 1),
+                                                                     upload(*a))[1])
+        results = [(host_path.push(a).outputs, device_path.push(b).outputs) for a, b in zip(on_host, on_gpu)]
+        for a, b in results:
+            np.testing.assert_allclose(a, b, atol=1e-3)
+        # host path: frames + mel per push; device path: the mel only
+        assert uploads["n"] == len(results) * 2 + len(results) * 1

@@ -155,11 +155,18 @@ class Reporter:
               help="live sources: reopen a failed source this many times in a row before giving up")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="ONNX Runtime CPU threads; 0: all cores, or all but one while a file decodes on its own thread")
+@click.option("--decoder", type=click.Choice(["auto", "pyav", "gstreamer", "gstreamer-software", "gstreamer-hardware",
+                                             "dali-cpu", "dali-gpu"]), default="auto", show_default=True,
+              help="who decodes the video (auto: NVDEC through DALI on a GPU, GStreamer on a Jetson, else PyAV)")
+@click.option("--audio", "audio_source", metavar="SOURCE",
+              help="audio from a second source: alsa:hw:2,0, pulse:, gst:DESCRIPTION or a file (GStreamer)")
+@click.option("--audio-offset", type=float, default=0.0, show_default=True,
+              help="seconds added to the second audio source's timestamps (a microphone known to lag)")
 @click.option("--restore", type=click.Path(dir_okay=False), help="start from a snapshot of an earlier run")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="write the state here at the end")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts: chunk, answer and summary events")
 def main(source, engine_dir, server, stream_id, questions, questions_file, sample, ask_every, backend, device, max_chunks,
-         last, drop, reconnects, threads, restore, snapshot, as_json):
+         last, drop, reconnects, threads, decoder, audio_source, audio_offset, restore, snapshot, as_json):
     """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
     ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
 
@@ -203,9 +210,10 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
         tick = start
         if live_source:
             live = LiveSource(source, spec, drop=drop or "oldest", max_reconnects=reconnects, last=last,
-                              reconnect_on_end=source.startswith(LIVE_PREFIXES))
+                              reconnect_on_end=source.startswith(LIVE_PREFIXES), decoder=decoder, audio=audio_source,
+                              audio_offset=audio_offset)
         else:  # a file: the next chunk decodes on its own thread while this one runs
-            live = decode_ahead(source, spec, last=last)
+            live = decode_ahead(source, spec, last=last, decoder=decoder, audio=audio_source, audio_offset=audio_offset)
         for chunk in live:
             got = time.perf_counter()
             result = stream.push(chunk)

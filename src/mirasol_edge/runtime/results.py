@@ -66,6 +66,11 @@ def prepare_chunk(chunk, video_shape: tuple, video_dtype: np.dtype,
     frames = getattr(chunk, "frames", None)
     if frames is None:
         raise ChunkShapeError("chunk has no frames")
+    if hasattr(frames, "copy_into"):  # DeviceFrames: on the GPU, checked without a copy
+        if tuple(frames.shape) != video_shape or video_dtype != np.uint8:
+            raise ChunkShapeError(f"chunk frames on the GPU: {list(frames.shape)} uint8; these engines take "
+                                  f"{list(video_shape)} {np.dtype(video_dtype).name}")
+        return frames, _mel(chunk, mel_shape)
     frames = np.asarray(frames)
     if tuple(frames.shape) != video_shape:
         raise ChunkShapeError(

@@ -293,6 +293,11 @@ def _push_group(engines: MirasolEngines, streams: list[MirasolStream], chunks: l
             return values[0] if batch == 1 else backend.stack(values, batch, key=name, lane=lane)
 
         def upload(name: str, arrays: list[np.ndarray]):
+            if hasattr(arrays[0], "copy_into"):  # frames on the GPU (DALI NVDEC)
+                if batch == 1 and hasattr(backend, "upload_device"):  # device to device into the input
+                    uploads[name] = backend.upload_device(arrays[0], uploads.get(name), lane)
+                    return uploads[name]
+                arrays = [np.asarray(a) for a in arrays]  # a backend without a device path: via the host
             uploads[name] = backend.upload(batched(arrays), uploads.get(name), lane)
             return uploads[name]
 

@@ -220,6 +220,19 @@ class TrtBackend(Backend):
             self.stream.synchronize()  # no lane will order it: finish before anyone reads it
         return into
 
+    def upload_device(self, frames, into: DeviceBuffer | None = None, lane: Stream | None = None) -> DeviceArray:
+        """``DeviceFrames`` (decoded on the GPU) device to device into the input buffer, as batch 1."""
+        shape = (1, *frames.shape)
+        if into is None or into.capacity < frames.nbytes:
+            into = DeviceBuffer(shape, frames.dtype)
+        into.shape, into.dtype = shape, frames.dtype
+        stream = lane or self.stream
+        frames.copy_into(into, stream)
+        into.stream = stream
+        if lane is None:
+            stream.synchronize()
+        return into
+
     def download(self, value: DeviceArray) -> np.ndarray:
         return value.download(self.stream)
 

@@ -31,7 +31,8 @@ class VideoSampler:
         if self.held_rgb is None:
             size = self.spec.image_size
             held = self.held
-            self.held_rgb = held if isinstance(held, np.ndarray) else held.reformat(
+            # A PyAV frame is converted once; RGB arrays and frames on the GPU are already at size.
+            self.held_rgb = held if not hasattr(held, "reformat") else held.reformat(
                 width=size, height=size, format="rgb24").to_ndarray()
         return self.held_rgb
 
@@ -67,7 +68,6 @@ class Assembler:
         self.spec, self.last, self.mel_fn, self.decoder = spec, last, mel_fn, decoder
         self.place_audio_by_time, self.audio_offset = place_audio_by_time, audio_offset
         self.gap = False  # the next chunk's audio was filled with silence
-        self.audio_end: float | None = None  # where a second audio source ended
         self.sampler = VideoSampler(spec)
         self.frames: list[np.ndarray] = []
         self.audio = np.zeros(0, dtype=np.float32)  # samples from audio_t0 on, trimmed as chunks go out
@@ -108,37 +108,36 @@ class Assembler:
             self.audio = np.concatenate([self.audio, np.zeros(missing, np.float32)])
         self.gap = True
 
-    def end_audio(self, gap_after: bool = False) -> None:
-        """No more audio; with ``gap_after`` (a second source that ended or failed), every chunk
-        reaching past the last sample is flagged AUDIO_GAP."""
+    def end_audio(self) -> None:
+        """No more audio: chunks go out with what there is (a second source's uncovered ones flagged)."""
         self.audio_done = True
-        if gap_after:
-            start = self.audio_t0 if self.audio_t0 is not None else float("-inf")
-            self.audio_end = start + len(self.audio) / self.spec.sample_rate
 
     @property
     def started(self) -> bool:
         return self.sampler.t_start is not None
 
     def _chunk_audio(self, t0: float) -> tuple[np.ndarray, bool]:
-        """Samples of [t0, t0 + chunk) and whether all of them are there yet."""
+        """Samples of [t0, t0 + chunk) and whether samples cover all of it (a small slack: rounding)."""
         n = self.spec.samples_per_chunk
         if self.audio_t0 is None:
-            return np.zeros(n, np.float32), self.audio_done
+            return np.zeros(n, np.float32), False
         start = round((t0 - self.audio_t0) * self.spec.sample_rate)
         window = np.zeros(n, np.float32)
         lo, hi = max(start, 0), min(start + n, len(self.audio))
         if hi > lo:
             window[lo - start : hi - start] = self.audio[lo:hi]
-        return window, self.audio_done or len(self.audio) >= start + n
+        slack = self.spec.sample_rate // 100
+        # A file's audio may start a little after its video: that is its start, not a gap.
+        starts_in_time = start >= -slack or not self.place_audio_by_time
+        return window, starts_in_time and len(self.audio) >= start + n
 
     def ready(self, final: bool = False) -> Iterator[Chunk]:
         spec = self.spec
         while len(self.frames) >= spec.frames_per_chunk or (final and self.frames):
             t0 = self.sampler.t_start + self.index * spec.chunk_seconds
             t1 = t0 + spec.chunk_seconds
-            samples, complete = self._chunk_audio(t0)
-            if not complete and not final:
+            samples, covered = self._chunk_audio(t0)
+            if not (covered or self.audio_done) and not final:
                 return
             flags = self.extra_flags
             take = self.frames[: spec.frames_per_chunk]
@@ -152,9 +151,9 @@ class Assembler:
                 flags |= Flags.DAMAGED
             if self.audio_changed:
                 flags |= Flags.AUDIO_CHANGED
-            if self.gap or self._uncovered(t0, t1):
+            if self.gap or (self.place_audio_by_time and not covered):  # a second source left part of it silent
                 flags |= Flags.AUDIO_GAP
-            yield Chunk(np.stack(take), self.mel_fn(samples), t0, t1, self.index, flags, self.damaged_frames,
+            yield Chunk(_stack(take), self.mel_fn(samples), t0, t1, self.index, flags, self.damaged_frames,
                         self.decoder, self.audio_offset)
             self.frames = self.frames[spec.frames_per_chunk :]
             self.index, self.damaged_frames, self.audio_changed, self.gap = self.index + 1, 0, False, False
@@ -162,13 +161,16 @@ class Assembler:
                 cut = max(0, round((t1 - self.audio_t0) * spec.sample_rate))
                 self.audio, self.audio_t0 = self.audio[cut:], self.audio_t0 + cut / spec.sample_rate
 
-    def _uncovered(self, t0: float, t1: float) -> bool:
-        """A second source's audio that starts after the chunk does, or ended before it does."""
-        late = self.place_audio_by_time and self.audio_t0 is not None and t0 < self.audio_t0 - 0.01
-        return late or (self.audio_end is not None and t1 > self.audio_end + 0.01)
-
     def finish(self, end_time: float) -> Iterator[Chunk]:
         """The last frame held to ``end_time``, then whatever chunks that completes (padded per ``last``)."""
         self.audio_done = True
         self.frames.extend(self.sampler.flush(end_time))
         yield from self.ready(final=True)
+
+
+def _stack(frames: list) -> Any:
+    if isinstance(frames[0], np.ndarray):
+        return np.stack(frames)
+    from .device_frames import DeviceFrames  # frames on the GPU stay there
+
+    return DeviceFrames(frames)

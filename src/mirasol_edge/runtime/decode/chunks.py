@@ -97,7 +97,8 @@ DECODERS = ("auto", "pyav", "dali-cpu", "dali-gpu", "gstreamer", "gstreamer-soft
 
 
 def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
-           decoder: str = "auto", mel: str = "auto", audio: Any = None, audio_offset: float = 0.0) -> Iterator[Chunk]:
+           decoder: str = "auto", mel: str = "auto", audio: Any = None, audio_offset: float = 0.0,
+           device_frames: bool = False) -> Iterator[Chunk]:
     """Yield ``Chunk``s from a file, URL, camera or bytes, sequentially (see module docstring).
 
     ``decoder``: ``auto`` picks DALI's NVDEC decoder on a GPU (H.264, HEVC, VP9, AV1; constant
@@ -110,6 +111,10 @@ def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
     (hardware decoders first where GStreamer has them; ``-software`` / ``-hardware`` to insist),
     files and URLs under ``auto`` on a Jetson, and any source given a second ``audio`` source
     (``alsa:hw:2,0``, ``pulse:``, ``gst:...``, a file; ``audio_offset`` seconds added to its times).
+
+    ``device_frames``: with DALI's NVDEC decoder, ``Chunk.frames`` stay on the GPU (``DeviceFrames``)
+    and a TensorRT stream copies them device to device into its input (elsewhere they are read
+    through the host).
 
     ``mel``: ``numpy``, ``dali`` (DALI's operators, on the GPU with the NVDEC decoder) or
     ``auto`` (DALI with NVDEC, else numpy); both match the model's torch mel (tested).
@@ -131,8 +136,11 @@ def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
         vstream = _check_video(container, name)
         path, rate = choose_decoder(decoder, source, vstream, name)
         mel_fn = _mel_function(spec, mel, path)
+        if device_frames and path != "dali-gpu":
+            raise UsageError(f"{name}: device_frames needs DALI's NVDEC decoder (decoder='dali-gpu' on a GPU), "
+                             f"and this source decodes with {path}")
         yield from _chunks(container, name, spec, last, vstream, path, (source, rate) if path != "pyav" else None,
-                           mel_fn)
+                           mel_fn, device_frames)
     finally:
         container.close()
 
@@ -174,12 +182,13 @@ def _check_video(container, name: str):
 
 
 def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str = "pyav",
-            dali_source: tuple[Any, float] | None = None, mel_fn=None) -> Iterator[Chunk]:
+            dali_source: tuple[Any, float] | None = None, mel_fn=None, device_frames: bool = False) -> Iterator[Chunk]:
     astream = container.streams.audio[0] if container.streams.audio else None
     vstream.thread_type = "AUTO"
     state = {"rate": spec.sample_rate, "last_time": 0.0, "decoded_video": 0, "period": None, "shift": 0.0}
     out = Assembler(spec, last, mel_fn, path, has_audio=astream is not None)
-    events = (dali_events(dali_source, vstream, astream, container, name, spec, path, state) if dali_source
+    events = (dali_events(dali_source, vstream, astream, container, name, spec, path, state, device_frames)
+              if dali_source
               else pyav_events(container, vstream, astream, name, state))
     try:
         for kind, time, payload in events:

@@ -53,8 +53,9 @@ def gpu_available() -> bool:
         return False
 
 
-def frames(data: bytes, image_size: int, device: str = "cpu") -> Iterator[np.ndarray]:
-    """Every frame of an encoded video, in order, resized to ``image_size`` square, RGB uint8 on the host."""
+def frames(data: bytes, image_size: int, device: str = "cpu", on_device: bool = False) -> Iterator:
+    """Every frame of an encoded video, in order, resized to ``image_size`` square, RGB uint8: on
+    the host, or with ``on_device`` (NVDEC) as ``DeviceFrame``s that never leave the GPU."""
     from nvidia.dali import fn, pipeline_def
 
     @pipeline_def(batch_size=1, num_threads=2, device_id=0 if device == "gpu" else None, prefetch_queue_depth=1)
@@ -76,11 +77,30 @@ def frames(data: bytes, image_size: int, device: str = "cpu") -> Iterator[np.nda
             if "No data was provided" in str(exc):  # the file is used up: DALI's way of saying so
                 return
             raise
-        batch = out.as_cpu() if device == "gpu" else out
-        sequence = np.array(batch[0])
-        yield from sequence
-        if len(sequence) < SEQUENCE:
+        if on_device and device == "gpu":
+            count = yield from _device_sequence(out[0])
+        else:
+            batch = out.as_cpu() if device == "gpu" else out
+            sequence = np.array(batch[0])
+            count = len(sequence)
+            yield from sequence
+        if count < SEQUENCE:
             return
+
+
+def _device_sequence(tensor) -> Iterator:
+    """A DALI ``TensorGPU`` [S, H, W, 3] copied (device to device, waited for) into a buffer of
+    ours, as one ``DeviceFrame`` per frame; returns S."""
+    from mirasol_edge.runtime.cuda import DeviceBuffer
+
+    from .device_frames import DeviceFrame
+
+    shape = tuple(tensor.shape())
+    buffer = DeviceBuffer(shape, np.uint8)
+    tensor.copy_to_external(buffer.ptr, non_blocking=False)
+    for k in range(shape[0]):
+        yield DeviceFrame(buffer, k, shape[1:])
+    return shape[0]
 
 
 class LogMel:

@@ -75,7 +75,7 @@ def pyav_events(container, vstream, astream, name: str, state: dict) -> Iterator
 
 
 def dali_events(source: tuple[Any, float], vstream, astream, container, name: str, spec: ChunkSpec,
-                 device: str, state: dict) -> Iterator[tuple]:
+                 device: str, state: dict, on_device: bool = False) -> Iterator[tuple]:
     """DALI's frames (times from the measured constant rate) merged in time order with PyAV's audio."""
     import heapq
 
@@ -88,7 +88,7 @@ def dali_events(source: tuple[Any, float], vstream, astream, container, name: st
     state["period"] = float(1 / rate)
 
     def video():
-        for k, rgb in enumerate(dali.frames(data, spec.image_size, "gpu" if device == "dali-gpu" else "cpu")):
+        for k, rgb in enumerate(dali.frames(data, spec.image_size, "gpu" if device == "dali-gpu" else "cpu", on_device)):
             time = start + float(k / rate)
             state["last_time"] = time
             state["decoded_video"] += 1

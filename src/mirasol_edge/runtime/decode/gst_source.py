@@ -6,8 +6,9 @@ The audio policy, for a second audio source (a microphone beside a camera):
   ``Chunk.audio_offset`` reports the offset in effect, the measured start skew is logged;
 - audio is placed by its timestamps: drift the source did not absorb, and short stalls, show
   up as gaps (silence) or overlaps (cut), never as a shifted timeline;
-- a chunk whose audio has not fully arrived ``audio_wait`` seconds (wall clock) after its
-  frames did goes out with silence where audio is missing, flagged ``Flags.AUDIO_GAP``;
+- a chunk whose audio from a live source (a capture device) has not fully arrived
+  ``audio_wait`` seconds (wall clock) after its frames did goes out with silence where audio
+  is missing, flagged ``Flags.AUDIO_GAP`` (a file is waited for: it cannot stall);
 - an audio source that fails (a microphone unplugged) is logged and dropped: the video goes
   on and every later chunk is silence, flagged ``AUDIO_GAP``.
 A failure of the video pipeline is a ``DecodeError`` naming the source and the element.
@@ -42,6 +43,7 @@ class _Pipeline:
         self.bus = self.pipeline.get_bus()
         self.decoder: str | None = None
         self.read_timeout = read_timeout
+        self.live = False
         self.pipeline.connect("deep-element-added", self._added)
 
     def _added(self, _bin, _sub, element) -> None:
@@ -73,8 +75,10 @@ class _Pipeline:
             self.pipeline.use_clock(clock)
             self.pipeline.set_start_time(Gst.CLOCK_TIME_NONE)
             self.pipeline.set_base_time(base_time)
-        if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+        result = self.pipeline.set_state(Gst.State.PLAYING)
+        if result == Gst.StateChangeReturn.FAILURE:
             raise DecodeError(f"{self.name}: GStreamer could not start the pipeline: {self.error() or 'no reason given'}")
+        self.live = result == Gst.StateChangeReturn.NO_PREROLL  # a capture device, not a file: it can stall
 
     def stop(self, wait_s: float = 5.0) -> None:
         """To NULL, waited for at most ``wait_s``: an RTSP source whose server vanished can block
@@ -140,7 +144,8 @@ def gst_chunks(source: Any, spec: ChunkSpec, last: str, mel_fn: Callable[[np.nda
             limit = read_timeout if last_video is not None else open_timeout
             if time.monotonic() - idle_since > limit:
                 raise DecodeError(f"{name}: no video from GStreamer for {limit:g} s")
-            waiting_since = _audio_policy(out, spec, audio_pipe is not None, audio_done, audio_wait, waiting_since)
+            waiting_since = _audio_policy(out, spec, audio_pipe is not None and audio_pipe.live, audio_done, audio_wait,
+                                          waiting_since)
             yield from out.ready()
         deadline = time.monotonic() + read_timeout  # a file's own audio ends near its video; a dead stream's never
         while not audio_done and audio_pipe is None and time.monotonic() < deadline:
@@ -173,19 +178,20 @@ def _drain_audio(asink, audio_pipe: _Pipeline | None, out: Assembler, first: dic
         problem = audio_pipe.error()
         if problem:  # an unplugged microphone: the video goes on, in silence, flagged
             log.warning("%s: audio source failed (%s); going on without audio", audio_pipe.name, problem)
-            out.end_audio(gap_after=True)
+            out.end_audio()
             audio_pipe.stop()
             return True
     if asink.is_eos():
-        out.end_audio(gap_after=audio_pipe is not None)  # a second source that ended: silence after, flagged
+        out.end_audio()  # a second source that ended: the chunks past its end are flagged
         return True
     return False
 
 
-def _audio_policy(out: Assembler, spec: ChunkSpec, second_source: bool, audio_done: bool, wait: float,
+def _audio_policy(out: Assembler, spec: ChunkSpec, live_second_source: bool, audio_done: bool, wait: float,
                   since: float | None) -> float | None:
-    """A chunk of frames kept waiting for audio over ``wait`` s goes out with what arrived (flagged)."""
-    if not second_source or audio_done or len(out.frames) < spec.frames_per_chunk:
+    """A chunk of frames kept waiting for a live audio source over ``wait`` s goes out with what
+    arrived (flagged). A file never stalls: it is waited for."""
+    if not live_second_source or audio_done or len(out.frames) < spec.frames_per_chunk:
         return None
     now = time.monotonic()
     if since is None:

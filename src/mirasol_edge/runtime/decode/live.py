@@ -62,7 +62,7 @@ class LiveSource:
     def __init__(self, source: Any, spec: ChunkSpec, *, queue_chunks: int = 2, drop: str = "oldest",
                  max_reconnects: int = 3, reconnect_delay: float = 1.0, reconnect_on_end: bool = True,
                  open_timeout: float = 10.0, read_timeout: float = 5.0, chunk_timeout: float | None = 30.0,
-                 last: str = "drop", decoder: str = "auto", audio: Any = None) -> None:
+                 last: str = "drop", decoder: str = "auto", audio: Any = None, audio_offset: float = 0.0) -> None:
         if drop not in DROP_POLICIES:
             raise UsageError(f"drop must be one of {DROP_POLICIES}, got {drop!r}")
         if queue_chunks < 1:
@@ -73,7 +73,8 @@ class LiveSource:
         self.reconnect_on_end = reconnect_on_end
         self.timeouts = (open_timeout, read_timeout)
         self.chunk_timeout, self.last = chunk_timeout, last
-        self.decoder, self.audio = decoder, audio  # as chunks() takes them (gstreamer, a second audio source)
+        # As chunks() takes them: the decoder, a second audio source and its offset.
+        self.decoder, self.audio, self.audio_offset = decoder, audio, audio_offset
         self.stats = LiveStats()
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
@@ -142,7 +143,7 @@ class LiveSource:
                 try:
                     first_t0 = None
                     for chunk in chunks(self.source, self.spec, last=self.last, timeout=self.timeouts,
-                                        decoder=self.decoder, audio=self.audio):
+                                        decoder=self.decoder, audio=self.audio, audio_offset=self.audio_offset):
                         if self._stop.is_set():
                             return
                         first_t0 = chunk.t0 if first_t0 is None else first_t0
@@ -180,9 +181,11 @@ class LiveSource:
             self._put(_END)
 
 
-def decode_ahead(source: Any, spec: ChunkSpec, last: str = "pad", queue_chunks: int = 2) -> LiveSource:
+def decode_ahead(source: Any, spec: ChunkSpec, last: str = "pad", queue_chunks: int = 2, decoder: str = "auto",
+                 audio: Any = None, audio_offset: float = 0.0) -> LiveSource:
     """``chunks(source, spec)`` decoded on its own thread, up to ``queue_chunks`` ahead, so the next
     chunk decodes while the engines run this one. Nothing is dropped: the decoder waits for the
     engines. Errors are ``chunks()``'s own. Close it (or use ``with``) when done early."""
     return LiveSource(source, spec, queue_chunks=queue_chunks, drop="none", max_reconnects=0,
-                      reconnect_on_end=False, chunk_timeout=None, last=last)
+                      reconnect_on_end=False, chunk_timeout=None, last=last, decoder=decoder, audio=audio,
+                      audio_offset=audio_offset)

@@ -11,7 +11,7 @@ import numpy as np
 
 from mirasol_edge.errors import MirasolError
 
-LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/")  # not files on disk
+LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "/dev/", "gst:")  # not files on disk
 MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".ts", ".m4v")  # a folder's video files
 
 
