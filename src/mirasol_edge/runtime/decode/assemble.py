@@ -71,6 +71,8 @@ class Assembler:
         self.sampler = VideoSampler(spec)
         self.frames: list[np.ndarray] = []
         self.audio = np.zeros(0, dtype=np.float32)  # samples from audio_t0 on, trimmed as chunks go out
+        self._pieces: list[np.ndarray] = []  # received after ``audio``, not yet joined to it
+        self._audio_len = 0  # len(audio) + the pieces
         self.audio_t0: float | None = None
         self.audio_done = not has_audio
         self.index = self.damaged_frames = 0
@@ -84,13 +86,30 @@ class Assembler:
         if self.audio_t0 is None:
             self.audio_t0 = time if time is not None else 0.0
         elif time is not None and self.place_audio_by_time:  # a gap becomes silence, an overlap is cut
-            expected = self.audio_t0 + len(self.audio) / self.spec.sample_rate
+            expected = self.audio_t0 + self._audio_len / self.spec.sample_rate
             gap = round((time - expected) * self.spec.sample_rate)
             if gap > self.spec.sample_rate // 100:  # over 10 ms: a real gap, not rounding
-                self.audio = np.concatenate([self.audio, np.zeros(gap, np.float32)])
+                self._append(np.zeros(gap, np.float32))
             elif gap < -(self.spec.sample_rate // 100):
                 samples = samples[min(-gap, len(samples)):]
-        self.audio = np.concatenate([self.audio, samples])
+        self._append(samples)
+
+    def _append(self, samples: np.ndarray) -> None:
+        # Pieces, joined when a chunk needs them: decoders hand over audio in small buffers, and
+        # joining each one onto the rest would cost the square of what is waiting.
+        self._pieces.append(samples)
+        self._audio_len += len(samples)
+
+    def _joined(self) -> np.ndarray:
+        if self._pieces:
+            self.audio = np.concatenate([self.audio, *self._pieces])
+            self._pieces.clear()
+        return self.audio
+
+    @property
+    def audio_end_time(self) -> float | None:
+        """Where the audio received so far ends, on the stream's clock."""
+        return None if self.audio_t0 is None else self.audio_t0 + self._audio_len / self.spec.sample_rate
 
     def damaged(self, frames: int) -> None:
         self.damaged_frames += frames
@@ -103,9 +122,9 @@ class Assembler:
         rate, t0 = self.spec.sample_rate, self.sampler.t_start + self.index * self.spec.chunk_seconds
         if self.audio_t0 is None:
             self.audio_t0 = t0
-        missing = round((t0 + self.spec.chunk_seconds - self.audio_t0) * rate) - len(self.audio)
+        missing = round((t0 + self.spec.chunk_seconds - self.audio_t0) * rate) - self._audio_len
         if missing > 0:
-            self.audio = np.concatenate([self.audio, np.zeros(missing, np.float32)])
+            self._append(np.zeros(missing, np.float32))
         self.gap = True
 
     def end_audio(self) -> None:
@@ -123,13 +142,16 @@ class Assembler:
             return np.zeros(n, np.float32), False
         start = round((t0 - self.audio_t0) * self.spec.sample_rate)
         window = np.zeros(n, np.float32)
-        lo, hi = max(start, 0), min(start + n, len(self.audio))
+        if self._audio_len < start + n and not self.audio_done:
+            return window, False  # not all there yet: no need to join
+        audio = self._joined()
+        lo, hi = max(start, 0), min(start + n, len(audio))
         if hi > lo:
-            window[lo - start : hi - start] = self.audio[lo:hi]
+            window[lo - start : hi - start] = audio[lo:hi]
         slack = self.spec.sample_rate // 100
         # A file's audio may start a little after its video: that is its start, not a gap.
         starts_in_time = start >= -slack or not self.place_audio_by_time
-        return window, starts_in_time and len(self.audio) >= start + n
+        return window, starts_in_time and len(audio) >= start + n
 
     def ready(self, final: bool = False) -> Iterator[Chunk]:
         spec = self.spec
@@ -159,7 +181,9 @@ class Assembler:
             self.index, self.damaged_frames, self.audio_changed, self.gap = self.index + 1, 0, False, False
             if self.audio_t0 is not None:  # keep memory bounded: drop audio before the next chunk
                 cut = max(0, round((t1 - self.audio_t0) * spec.sample_rate))
-                self.audio, self.audio_t0 = self.audio[cut:], self.audio_t0 + cut / spec.sample_rate
+                audio = self._joined()
+                self.audio, self.audio_t0 = audio[cut:], self.audio_t0 + cut / spec.sample_rate
+                self._audio_len = len(self.audio)
 
     def finish(self, end_time: float) -> Iterator[Chunk]:
         """The last frame held to ``end_time``, then whatever chunks that completes (padded per ``last``)."""

@@ -123,8 +123,9 @@ def gst_chunks(source: Any, spec: ChunkSpec, last: str, mel_fn: Callable[[np.nda
             audio_pipe.start(video.pipeline.get_clock() or Gst.SystemClock.obtain(), video.pipeline.get_base_time())
         idle_since = time.monotonic()
         while True:
-            if not audio_done:
-                audio_done = _drain_audio(asink, audio_pipe, out, first, audio_offset, name)
+            if not audio_done and _wants_audio(out, last_video, spec):
+                until = None if last_video is None else last_video + 2 * spec.chunk_seconds
+                audio_done = _drain_audio(asink, audio_pipe, out, first, audio_offset, name, until=until)
             sample = vsink.try_pull_sample(int(PULL_S * Gst.SECOND))
             if sample is not None:
                 t, frame = sample_array(sample)
@@ -161,9 +162,17 @@ def gst_chunks(source: Any, spec: ChunkSpec, last: str, mel_fn: Callable[[np.nda
             audio_pipe.stop()
 
 
+def _wants_audio(out: Assembler, last_video: float | None, spec: ChunkSpec) -> bool:
+    """Audio is read up to two chunks past the video: a file's audio must not pile up in memory
+    (GStreamer decodes it ahead as far as its queues let it; the appsink's limit holds it back)."""
+    end = out.audio_end_time
+    return end is None or last_video is None or end < last_video + 2 * spec.chunk_seconds
+
+
 def _drain_audio(asink, audio_pipe: _Pipeline | None, out: Assembler, first: dict, offset: float, name: str,
-                 wait: float = 0.0) -> bool:
-    """Everything the audio sink holds now; True once the audio is over (its end, or its failure)."""
+                 wait: float = 0.0, until: float | None = None) -> bool:
+    """What the audio sink holds now (up to ``until`` seconds of stream time); True once the audio
+    is over (its end, or its failure)."""
     Gst = gst()
     sample = asink.try_pull_sample(int(wait * Gst.SECOND))
     while sample is not None:
@@ -173,7 +182,8 @@ def _drain_audio(asink, audio_pipe: _Pipeline | None, out: Assembler, first: dic
             if first["v"] is not None:
                 log.info("%s: audio starts %.3f s after video (offset applied: %+.3f s)", name, t - first["v"], offset)
         out.audio_samples(None if t is None else t + offset, samples)
-        sample = asink.try_pull_sample(0)
+        end = out.audio_end_time
+        sample = asink.try_pull_sample(0) if until is None or end is None or end < until else None
     if audio_pipe is not None:
         problem = audio_pipe.error()
         if problem:  # an unplugged microphone: the video goes on, in silence, flagged
