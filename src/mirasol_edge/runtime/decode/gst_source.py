@@ -54,7 +54,7 @@ class _Pipeline:
             element.set_property("tcp-timeout", int(self.read_timeout * 1e6))
             element.set_property("latency", 200)
         klass = (factory.get_metadata("klass") or "") if factory else ""
-        if "Decoder" in klass and "Video" in klass:
+        if "Decoder" in klass and ("Video" in klass or "Image" in klass):  # jpegdec is an image decoder
             self.decoder = factory.get_name()
 
     def sink(self, name: str):
