@@ -67,7 +67,7 @@ class Quantizer:
                 return {"precision": "fp32"}
             return quantize_component(
                 name, fp32_path, out, precision, fit, held_out, pins, recipe.accuracy.min_quantized_cosine,
-                recipe.calibration.method, progress, "nbits" if recipe.target.backend == "onnxruntime" else "qdq",
+                recipe.calibration.method, progress, "onnxruntime" if recipe.target.backend == "onnxruntime" else "tensorrt",
             ).to_dict()
 
         try:

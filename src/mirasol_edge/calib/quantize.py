@@ -34,6 +34,7 @@ from mirasol_edge.toolkit.export import Parity, onnx_outputs, onnx_parity
 from .collect import Sample
 
 QDQ_TYPES = {"int8": "QInt8", "fp8": "QFLOAT8E4M3FN"}
+TARGETS = ("tensorrt", "onnxruntime")  # whose fusions the quantized graph is written for
 INT4_BLOCK = 32  # input channels per int4 scale; tiny's narrowest layer has 64
 
 
@@ -118,12 +119,17 @@ def tile_to_batch(samples: list[Sample], inputs: dict[str, list]) -> list[Sample
 
 
 def quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], nodes: list[str],
-                   ranges_cache: Path, calibrate_method: str = "MinMax", int4_format: str = "qdq") -> None:
-    """Write ``dst``: ``src`` with ``nodes`` (MatMul names) quantized to ``precision``. int4 is
-    ``qdq`` (DequantizeLinear on INT4 weights: what TensorRT takes) or ``nbits`` (ONNX Runtime's
-    MatMulNBits, its activations run in int8 on the CPU: accuracy_level 4)."""
+                   ranges_cache: Path, calibrate_method: str = "MinMax", target: str = "tensorrt") -> None:
+    """Write ``dst``: ``src`` with ``nodes`` (MatMul names) quantized to ``precision``, in the form
+    ``target``'s fusions take. ``tensorrt``: symmetric int8 activations and weights, int4 as
+    DequantizeLinear on INT4 weights. ``onnxruntime``: uint8 activations with a zero point
+    (its x86 integer MatMuls are U8S8: symmetric int8 activations left the layers whose input
+    comes from a LayerNorm unfused, dequantizing their weights on every call), int4 as
+    MatMulNBits with int8 activations on the CPU (accuracy_level 4)."""
+    if target not in TARGETS:
+        raise QuantizationError(f"quantization target {target!r}; expected one of {', '.join(TARGETS)}")
     with _quiet():
-        _quantize_graph(src, dst, precision, fit, nodes, ranges_cache, calibrate_method, int4_format)
+        _quantize_graph(src, dst, precision, fit, nodes, ranges_cache, calibrate_method, target)
 
 
 @contextlib.contextmanager
@@ -147,20 +153,21 @@ def _quiet():
 
 
 def _quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], nodes: list[str],
-                    ranges_cache: Path, calibrate_method: str, int4_format: str) -> None:
+                    ranges_cache: Path, calibrate_method: str, target: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if precision in QDQ_TYPES:
         kind = getattr(QuantType, QDQ_TYPES[precision])
+        u8 = precision == "int8" and target == "onnxruntime"
         method = getattr(CalibrationMethod, calibrate_method)
         if precision == "fp8":
             method = CalibrationMethod.Distribution  # ORT computes fp8 scales from the distribution
         quantize_static(
             str(src), str(dst), _Reader(fit), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=kind, weight_type=kind, nodes_to_quantize=list(nodes) or ["<none>"],
+            activation_type=QuantType.QUInt8 if u8 else kind, weight_type=kind, nodes_to_quantize=list(nodes) or ["<none>"],
             op_types_to_quantize=["MatMul"], calibrate_method=method,
             calibration_cache_path=ranges_cache.with_suffix(f".{method.name}.json"),
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+            extra_options={"ActivationSymmetric": not u8, "WeightSymmetric": True,
                            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
                            "OpTypesToExcludeOutputQuantization": ["MatMul"]},
         )
@@ -170,20 +177,20 @@ def _quantize_graph(src: Path, dst: Path, precision: str, fit: list[Sample], nod
         model = onnx.load(str(src))
         if nodes:
             apply_awq(model, src, fit, set(nodes), INT4_BLOCK)
-        quantized = _int4_weights(model, nodes, int4_format)
-        if int4_format == "qdq":
+        quantized = _int4_weights(model, nodes, target)
+        if target == "tensorrt":
             fp16_activations(quantized.model)
         quantized.save_model_to_file(str(dst), use_external_data_format=False)
     else:
         raise QuantizationError(f"precision {precision!r} is not a quantized precision")
 
 
-def _int4_weights(model: onnx.ModelProto, nodes: list[str], int4_format: str = "qdq"):
+def _int4_weights(model: onnx.ModelProto, nodes: list[str], target: str = "tensorrt"):
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    qformat = QuantFormat.QDQ if int4_format == "qdq" else QuantFormat.QOperator
-    level = None if int4_format == "qdq" else 4  # MatMulNBits with int8 activations (VNNI on x86)
+    qformat = QuantFormat.QDQ if target == "tensorrt" else QuantFormat.QOperator
+    level = None if target == "tensorrt" else 4  # MatMulNBits with int8 activations (VNNI on x86)
     config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=level,
                                           quant_format=qformat)
     include = list(nodes) or ["<none>"]
@@ -255,7 +262,7 @@ MAX_FP32_FRACTION = 0.5  # a component needing more of its groups in fp32 than t
 
 def quantize_component(name: str, src: Path, dst: Path, precision: str, fit: list[Sample], held_out: list[Sample],
                        pins: dict[str, str], min_cosine: float, calibrate_method: str = "MinMax",
-                       progress=lambda msg: None, int4_format: str = "qdq") -> QuantReport:
+                       progress=lambda msg: None, target: str = "tensorrt") -> QuantReport:
     """Quantize ``src`` (fp32) into ``dst``; keep the most sensitive groups in fp32 until the
     held-out cosine reaches ``min_cosine``. Raises QuantizationError (with the report) when that
     takes more than half the groups, or pins forbid it."""
@@ -274,7 +281,7 @@ def quantize_component(name: str, src: Path, dst: Path, precision: str, fit: lis
 
         def trial(quantized: set[str], out: Path) -> Parity:
             nodes = [layer.node for layer in layers if layer.group in quantized]
-            quantize_graph(src, out, precision, fit, nodes, ranges, calibrate_method, int4_format)
+            quantize_graph(src, out, precision, fit, nodes, ranges, calibrate_method, target)
             return onnx_parity(out, held_out, reference)
 
         candidates = [g for g in groups if g not in pinned_fp32]

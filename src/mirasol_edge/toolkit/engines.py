@@ -67,11 +67,13 @@ INTEGER_KERNELS = ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatM
 
 def fusion_report(graph_path: Path) -> dict:
     """How many linear layers of an optimized quantized graph run on integer kernels, and the
-    names of those that stayed float (a MatMul or Gemm with a constant weight)."""
+    names of those that stayed float: a MatMul or Gemm with a constant weight, or with a weight
+    dequantized from a constant on every call (a Q/DQ pair the fusion did not take)."""
     import onnx
 
     graph = onnx.load(str(graph_path), load_external_data=False).graph
     constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in constants for o in n.output}
     fused = sum(n.op_type in INTEGER_KERNELS for n in graph.node)
     stayed = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in constants for i in n.input)]
     return {"integer_kernels": fused, "float_linear_layers": stayed}
