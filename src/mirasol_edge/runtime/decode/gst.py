@@ -49,7 +49,9 @@ def gst():
 
                 gi.require_version("Gst", "1.0")
                 gi.require_version("GstApp", "1.0")
-                from gi.repository import Gst, GstApp  # noqa: F401  (GstApp: the appsink's pull methods)
+                gi.require_version("GstBase", "1.0")
+                # GstApp: the appsink's pull methods; GstBase: which sources are live.
+                from gi.repository import Gst, GstApp, GstBase  # noqa: F401
             except (ImportError, ValueError) as exc:
                 raise DecodeError(
                     f"GStreamer sources need PyGObject and GStreamer's typelibs ({exc}); on Jetson they come "
@@ -59,6 +61,21 @@ def gst():
             Gst.init(None)
             _Gst = Gst
     return _Gst
+
+
+def is_live(pipeline) -> bool:
+    """Whether a source of the pipeline captures in real time (a camera, a microphone, the
+    network), so that it can stall; a file cannot."""
+    from gi.repository import GstBase
+
+    Gst = gst()
+    sources = pipeline.iterate_sources()
+    while True:
+        result, element = sources.next()
+        if result != Gst.IteratorResult.OK:
+            return False
+        if isinstance(element, GstBase.BaseSrc) and element.is_live:  # the struct field GstBaseSrc.is_live
+            return True
 
 
 def available() -> bool:

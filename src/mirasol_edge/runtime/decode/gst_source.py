@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .assemble import Assembler
-from .gst import describe_audio, describe_video, gst, is_gst, prefer_decoders, sample_array
+from .gst import describe_audio, describe_video, gst, is_gst, is_live, prefer_decoders, sample_array
 from .types import Chunk, ChunkSpec, DecodeError, ShortSource
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class _Pipeline:
         result = self.pipeline.set_state(Gst.State.PLAYING)
         if result == Gst.StateChangeReturn.FAILURE:
             raise DecodeError(f"{self.name}: GStreamer could not start the pipeline: {self.error() or 'no reason given'}")
-        self.live = result == Gst.StateChangeReturn.NO_PREROLL  # a capture device, not a file: it can stall
+        self.live = is_live(self.pipeline)  # a capture device, not a file: it can stall
 
     def stop(self, wait_s: float = 5.0) -> None:
         """To NULL, waited for at most ``wait_s``: an RTSP source whose server vanished can block
@@ -148,9 +148,15 @@ def gst_chunks(source: Any, spec: ChunkSpec, last: str, mel_fn: Callable[[np.nda
             waiting_since = _audio_policy(out, spec, audio_pipe is not None and audio_pipe.live, audio_done, audio_wait,
                                           waiting_since)
             yield from out.ready()
-        deadline = time.monotonic() + read_timeout  # a file's own audio ends near its video; a dead stream's never
-        while not audio_done and audio_pipe is None and time.monotonic() < deadline:
-            audio_done = _drain_audio(asink, audio_pipe, out, first, audio_offset, name, wait=PULL_S)
+        # The video ended: the audio up to its end, waited for at most the read timeout (a dead
+        # stream's never comes), or audio_wait for a live second source (a microphone that stalls).
+        end = (last_video or 0.0) + (period or 1.0 / spec.fps)
+        live_mic = audio_pipe is not None and audio_pipe.live
+        deadline = time.monotonic() + (audio_wait if live_mic else read_timeout)
+        while not audio_done and time.monotonic() < deadline:
+            if out.audio_end_time is not None and out.audio_end_time >= end:
+                break
+            audio_done = _drain_audio(asink, audio_pipe, out, first, audio_offset, name, wait=PULL_S, until=end)
         if last_video is None:
             raise DecodeError(f"{name}: GStreamer gave no video frames")
         yield from out.finish(last_video + (period or 1.0 / spec.fps))
