@@ -9,7 +9,6 @@ they are build and bench tools.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, DecodeError, Flags, chunks
 from mirasol_edge.runtime.decode.live import LiveSource, SourceLost
+from mirasol_edge.serve.local_server import free_port
 from tests.media import write_clip
 
 SPEC = ChunkSpec(fps=4.0, frames_per_chunk=4, image_size=32, sample_rate=16000, n_fft=400, hop_length=160, n_mels=32)
@@ -105,11 +105,6 @@ def test_a_broken_pipeline_is_a_decode_error():
         list(chunks("gst:filesrc location=/etc/hostname ! decodebin", SPEC, timeout=5))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class _Rtsp:
     def __init__(self, clip: Path, port: int) -> None:
@@ -132,7 +127,7 @@ class _Rtsp:
 @pytest.fixture()
 def rtsp(tmp_path):
     clip = write_clip(tmp_path / "cam.mp4", seconds=4.0, size=(64, 48), beeps=(0.5, 2.5), bframes=False)
-    server = _Rtsp(clip, _free_port()).start()
+    server = _Rtsp(clip, free_port()).start()
     yield server
     server.stop()
 

@@ -4,7 +4,6 @@ stream's requests reach one server (else its state would be missing there), and 
 import concurrent.futures as cf
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from mirasol_edge.serve import protocol as p
 from mirasol_edge.serve.client import RemoteStream
-from mirasol_edge.serve.local_server import LocalTriton
+from mirasol_edge.serve.local_server import LocalTriton, free_port
 from tests.conftest import triton_python
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "nginx.conf"
@@ -30,11 +29,6 @@ def _nginx() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _inferences(url: str) -> int:
     import tritonclient.grpc as grpcclient
@@ -49,7 +43,7 @@ def test_streams_are_pinned_to_one_server_by_their_id(triton_server, twin_reposi
     nginx = _nginx()
     with LocalTriton(twin_repository, triton_python()) as second:
         servers = [triton_server.url, second.url]
-        port = _free_port()
+        port = free_port()
         text = CONFIG.read_text()
         text = re.sub(r"(?m)^(\s*)server triton-0\.triton:8001;.*$", rf"\1server {servers[0]};", text)
         text = re.sub(r"(?m)^(\s*)server triton-1\.triton:8001;.*$", rf"\1server {servers[1]};", text)

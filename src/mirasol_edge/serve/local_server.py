@@ -41,7 +41,8 @@ def server_python() -> Path | None:
     return path if path.is_file() else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A localhost TCP port nobody listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -85,7 +86,7 @@ class LocalTriton:
         env["PATH"] = f"{self.python.parent}:{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = ":".join(filter(None, [info["libdir"], info["libs"], env.get("LD_LIBRARY_PATH")]))
         if not self.grpc_port:  # a restart keeps its ports, as a real server behind a fixed address would
-            self.grpc_port, self.http_port = _free_port(), _free_port()
+            self.grpc_port, self.http_port = free_port(), free_port()
         command = [str(server / "bin" / "tritonserver"), f"--model-repository={self.repo}",
                    f"--backend-directory={server / 'backends'}", f"--cache-directory={server / 'caches'}",
                    f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", "--allow-metrics=false",
