@@ -1,9 +1,10 @@
-"""Where the time goes in fp32 and int8 graphs on ONNX Runtime's CPU provider: its own profiler,
-per op type, for the edge chunk encoder and AR step, with each graph's roofline floor.
+"""Where the time goes in fp32, int8 and int4 graphs on ONNX Runtime's CPU provider: its own
+profiler, per op type, for the edge chunk encoder, AR step and text decoding step, with each
+graph's roofline floor.
 
-Builds `edge` with the cpu recipe in fp32 and int8 (Q/DQ, fused into MatMulIntegerToFloat),
-runs each component's engine on the contract's inputs with ``enable_profiling``, alternated
-fp32 / int8 per round, and sums the profiler's node events by op type.
+Builds `edge` with the cpu recipe in fp32, int8 (Q/DQ, fused into MatMulIntegerToFloat) and
+int4 (MatMulNBits), runs each component's engine on the contract's inputs with
+``enable_profiling``, alternated per round, and sums the profiler's node events by op type.
 
     .venv/bin/python bench/profile_quantized.py [--runs 20] [--out bench/results/profile-edge.json]
 """
@@ -27,8 +28,11 @@ from mirasol_edge.runtime.engine_dir import EngineDir
 from mirasol_edge.toolkit.build import build
 from mirasol_edge.toolkit.recipe import load_recipe
 
-COMPONENTS = ("chunk_encoder", "ar_step")
+COMPONENTS = ("chunk_encoder", "ar_step", "text_decode")
 INT8 = [f"precision.{c}=int8" for c in ("chunk_encoder", "ar_step", "text_prefill", "text_decode")]
+# As bench/quantize.py: random weights are hard on int4, so its cosine gate is relaxed for edge.
+INT4 = ["precision.chunk_encoder=int8", *(f"precision.{c}=int4" for c in ("ar_step", "text_prefill", "text_decode")),
+        "accuracy.min_quantized_cosine=0.95"]
 
 
 def profile(path: Path, precision: str, feeds: dict, runs: int, workdir: Path) -> dict:
@@ -67,12 +71,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
         tmp = Path(tmp)
         dirs = {}
-        for precision, overrides in (("fp32", []), ("int8", INT8)):
+        for precision, overrides in (("fp32", []), ("int8", INT8), ("int4", INT4)):
             dirs[precision] = tmp / precision
             build(load_recipe("cpu", overrides), dirs[precision], preset="edge", **quantization_hooks())
         ceilings = measure_ceilings("cpu")
         for name in COMPONENTS:
             engines = {p: EngineDir.open(d).components[name] for p, d in dirs.items()}
+            if name == "chunk_encoder":
+                engines.pop("int4")  # the int4 build's encoder is its int8 one
             cfg = MirasolConfig.from_dict(EngineDir.open(dirs["fp32"]).config)
             feeds = contracts(cfg)[name].dummy_inputs()
             cost = graph_cost(engines["fp32"].onnx)
@@ -80,12 +86,13 @@ def main() -> None:
             rounds = {p: [] for p in engines}
             for _ in range(args.rounds):  # A B A B
                 for precision, info in engines.items():
-                    rounds[precision].append(profile(info.engine, precision, feeds, args.runs, tmp))
+                    rounds[precision].append(profile(info.engine, info.precision, feeds, args.runs, tmp))
             best = {p: min(r, key=lambda x: x["wall_ms"]) for p, r in rounds.items()}
             report["components"][name] = {
                 "floor_ms": round(floor_s * 1e3, 3), "floor_bound": bound,
                 "gflop": round(cost.flops / 1e9, 3), "weight_mib": round(cost.weight_bytes / 2**20, 1),
-                "profiles": best, "int8_speedup": round(best["fp32"]["wall_ms"] / best["int8"]["wall_ms"], 3)}
+                "profiles": best, **{f"{p}_speedup": round(best["fp32"]["wall_ms"] / best[p]["wall_ms"], 3)
+                                     for p in best if p != "fp32"}}
             print(name, json.dumps(report["components"][name], indent=1), flush=True)
     report["ceilings"] = vars(ceilings) if hasattr(ceilings, "__dict__") else str(ceilings)
     args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
