@@ -28,6 +28,7 @@ import numpy as np
 
 from mirasol_edge.bench.stats import stats
 from mirasol_edge.runtime import machine
+from mirasol_edge.runtime.results import RawChunk
 from mirasol_edge.runtime.stream import MirasolEngines
 from mirasol_edge.serve.client import RemoteStream
 from mirasol_edge.serve.local_server import LocalTriton
@@ -45,8 +46,6 @@ def _chunk(engines: MirasolEngines, seed: int) -> dict:
 
 def in_process(engines: MirasolEngines, n: int, pushes: int, chunk: dict) -> dict:
     streams = [engines.stream() for _ in range(n)]
-    from mirasol_edge.runtime.results import RawChunk
-
     raw = RawChunk(chunk["frames"], chunk["mel"])
     latencies = []
     start = time.perf_counter()

@@ -24,7 +24,7 @@ from mirasol_edge.runtime.results import Answer, ChunkResult, PushTimings, RawCh
 from . import protocol as p
 
 NUMPY_TYPES = {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
-LOST_MARKERS = ("is not open on this server", "must specify the START flag")
+LOST_MARKERS = (p.NOT_OPEN, "must specify the START flag")  # ours, and Triton's sequence batcher's
 GONE_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
 
 

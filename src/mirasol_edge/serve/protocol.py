@@ -31,6 +31,9 @@ SNAPSHOT_OUT = "SNAPSHOT_OUT"  # STRING [1]: snapshot bytes
 OUTPUTS_OF = {"push": (OUTPUTS, CHUNK_INDEX, TIMINGS), "ask": (ANSWER,), "snapshot": (SNAPSHOT_OUT,),
               "restore": (CHUNK_INDEX,), "close": (CHUNK_INDEX,)}
 
+# How the stream model says a stream's state is gone (idle release, close, restart); the client
+# turns it (and Triton's own "must specify the START flag") into StreamLost.
+NOT_OPEN = "is not open on this server"
 MODEL_CONFIG = "model_config"  # the stream model's parameter: the Mirasol config, as JSON
 
 # Routers pin a stream to a server by this gRPC header (its value is the stream ID).

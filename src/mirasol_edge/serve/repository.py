@@ -196,7 +196,3 @@ def read_config(path: str | Path):
         return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
     except text_format.ParseError as exc:
         raise RepositoryError(f"{path}: {exc}") from None
-
-
-def describe(repo: str | Path) -> dict:
-    return json.loads((Path(repo) / MARKER).read_text())

@@ -29,8 +29,6 @@ from mirasol_edge.runtime.stream import MirasolEngines, MirasolStream
 from . import protocol as p
 from .bls import BlsBackend
 
-NOT_OPEN = "is not open on this server"  # the client recognises a lost stream by this
-
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
@@ -67,7 +65,7 @@ class TritonPythonModel:
                     self._open(sid)
                 stream = self.streams.get(sid)
                 if stream is None:
-                    raise LookupError(f"stream {sid} {NOT_OPEN} (released after {self.idle_seconds:g} s idle, "
+                    raise LookupError(f"stream {sid} {p.NOT_OPEN} (released after {self.idle_seconds:g} s idle, "
                                       "closed, or the server restarted); start it again or restore a snapshot")
                 self.last_seen[sid] = time.monotonic()
                 if self._flag(request, p.END):

@@ -77,7 +77,7 @@ class Assembler:
         self.audio_done = not has_audio
         self.index = self.damaged_frames = 0
         self.audio_changed = False
-        self.extra_flags = Flags.SILENT if not has_audio else Flags.NONE  # set for every chunk from now on
+        self.base_flags = Flags.SILENT if not has_audio else Flags.NONE  # every chunk's
 
     def video(self, frame: Any, time: float) -> None:
         self.frames.extend(self.sampler.push(frame, time))
@@ -131,10 +131,6 @@ class Assembler:
         """No more audio: chunks go out with what there is (a second source's uncovered ones flagged)."""
         self.audio_done = True
 
-    @property
-    def started(self) -> bool:
-        return self.sampler.t_start is not None
-
     def _chunk_audio(self, t0: float) -> tuple[np.ndarray, bool]:
         """Samples of [t0, t0 + chunk) and whether samples cover all of it (a small slack: rounding)."""
         n = self.spec.samples_per_chunk
@@ -161,7 +157,7 @@ class Assembler:
             samples, covered = self._chunk_audio(t0)
             if not (covered or self.audio_done) and not final:
                 return
-            flags = self.extra_flags
+            flags = self.base_flags
             take = self.frames[: spec.frames_per_chunk]
             if len(take) < spec.frames_per_chunk:
                 if self.last == "drop":

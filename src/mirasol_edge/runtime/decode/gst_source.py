@@ -123,7 +123,7 @@ def gst_chunks(source: Any, spec: ChunkSpec, last: str, mel_fn: Callable[[np.nda
             audio_pipe.start(video.pipeline.get_clock() or Gst.SystemClock.obtain(), video.pipeline.get_base_time())
         idle_since = time.monotonic()
         while True:
-            if not audio_done and _wants_audio(out, last_video, spec):
+            if not audio_done:  # up to two chunks past the video (see _drain_audio)
                 until = None if last_video is None else last_video + 2 * spec.chunk_seconds
                 audio_done = _drain_audio(asink, audio_pipe, out, first, audio_offset, name, until=until)
             sample = vsink.try_pull_sample(int(PULL_S * Gst.SECOND))
@@ -168,18 +168,14 @@ def gst_chunks(source: Any, spec: ChunkSpec, last: str, mel_fn: Callable[[np.nda
             audio_pipe.stop()
 
 
-def _wants_audio(out: Assembler, last_video: float | None, spec: ChunkSpec) -> bool:
-    """Audio is read up to two chunks past the video: a file's audio must not pile up in memory
-    (GStreamer decodes it ahead as far as its queues let it; the appsink's limit holds it back)."""
-    end = out.audio_end_time
-    return end is None or last_video is None or end < last_video + 2 * spec.chunk_seconds
-
-
 def _drain_audio(asink, audio_pipe: _Pipeline | None, out: Assembler, first: dict, offset: float, name: str,
                  wait: float = 0.0, until: float | None = None) -> bool:
-    """What the audio sink holds now (up to ``until`` seconds of stream time); True once the audio
-    is over (its end, or its failure)."""
+    """What the audio sink holds now, up to ``until`` seconds of stream time: a file's audio must
+    not pile up in memory (GStreamer decodes it ahead as far as its queues let it; the appsink's
+    limit holds the rest back). True once the audio is over (its end, or its failure)."""
     Gst = gst()
+    if until is not None and out.audio_end_time is not None and out.audio_end_time >= until:
+        return False  # far enough ahead of the video already
     sample = asink.try_pull_sample(int(wait * Gst.SECOND))
     while sample is not None:
         t, samples = sample_array(sample, channels=1)
