@@ -80,11 +80,22 @@ def test_a_typo_in_a_config_is_named(tmp_path):
         read_config(bad)
 
 
-def test_rewrites_its_own_repository_and_refuses_other_folders(tiny_engines, tmp_path):
+def test_rewrites_its_own_models_and_keeps_everything_else(tiny_engines, tmp_path):
     repo = write_repository(tiny_engines, tmp_path / "repo")
-    (repo / "ar_step" / "stale.txt").write_text("from an earlier write")
+    first = json.loads((repo / MARKER).read_text())["files"]
+    assert "ar_step/config.pbtxt" in first and "mirasol/config.pbtxt" in first
+    (repo / "README.md").write_text("the operator's notes")
+    (repo / "detector" / "1").mkdir(parents=True)
+    (repo / "detector" / "config.pbtxt").write_text('name: "detector"')
+    (repo / "ar_step" / "config.pbtxt").write_text("edited")
     write_repository(tiny_engines, repo)
-    assert (repo / MARKER).is_file() and not (repo / "ar_step" / "stale.txt").exists()
+    assert (repo / "README.md").read_text() == "the operator's notes"
+    assert (repo / "detector" / "config.pbtxt").read_text() == 'name: "detector"'
+    assert read_config(repo / "ar_step" / "config.pbtxt").name == "ar_step"
+    (repo / "ar_step" / "mine.txt").write_text("put here by the operator")
+    with pytest.raises(RepositoryError, match="mine.txt: not written by mirasol-build"):
+        write_repository(tiny_engines, repo)
+    assert (repo / "ar_step" / "mine.txt").read_text() == "put here by the operator"
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")

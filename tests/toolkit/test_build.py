@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -164,6 +165,33 @@ def test_unwritable_or_foreign_output_dirs(tmp_path, tiny_checkpoint):
     (foreign / "cat.jpg").write_text("x")
     with pytest.raises(OutputDirError, match="not empty and not an earlier build"):
         build(load_recipe("cpu"), foreign, checkpoint=tiny_checkpoint)
+    assert (foreign / "cat.jpg").read_text() == "x"
+
+
+def test_a_folder_with_someone_elses_manifest_json_is_not_replaced(tmp_path, tiny_checkpoint):
+    extension = tmp_path / "web-extension"
+    extension.mkdir()
+    (extension / "manifest.json").write_text('{"manifest_version": 3, "name": "my extension"}')
+    (extension / "background.js").write_text("// mine")
+    with pytest.raises(OutputDirError, match="not empty and not an earlier build"):
+        build(load_recipe("cpu"), extension, checkpoint=tiny_checkpoint)
+    assert sorted(f.name for f in extension.iterdir()) == ["background.js", "manifest.json"]
+    assert "my extension" in (extension / "manifest.json").read_text()
+
+
+def test_a_rebuild_refuses_to_replace_a_build_holding_the_users_files(cpu_build, tiny_checkpoint, tmp_path):
+    out = tmp_path / "build"
+    shutil.copytree(cpu_build[0], out)
+    (out / "NOTES.md").write_text("my notes")
+    (out / "cam-7.state").write_bytes(b"state")
+    result = run_cli("--recipe", "cpu", "--checkpoint", str(tiny_checkpoint), "--out", str(out))
+    assert result.returncode == 6, result.stderr
+    assert "NOTES.md" in result.stderr and "cam-7.state" in result.stderr
+    assert (out / "NOTES.md").read_text() == "my notes" and (out / "cam-7.state").read_bytes() == b"state"
+    (out / "NOTES.md").unlink()
+    (out / "cam-7.state").unlink()
+    build(load_recipe("cpu"), out, checkpoint=tiny_checkpoint)  # only its own files: replaced
+    assert (out / "manifest.json").is_file() and not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
 
 
 def test_recipe_contradicting_the_checkpoint_is_named(tmp_path, tiny_checkpoint):

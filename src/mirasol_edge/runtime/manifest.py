@@ -174,6 +174,30 @@ def _parse(cls, data: dict, where: str) -> Manifest:
     )
 
 
+TIMING_CACHE = "timing.cache"
+
+
+def build_files(data: Any) -> set[str] | None:
+    """The files a build says it wrote (from its ``manifest.json``, parsed), or None when ``data``
+    is not a manifest of ours: only these may a rebuild replace; anything else in the folder is
+    somebody else's."""
+    if not isinstance(data, dict) or not str(data.get("format", "")).startswith("mirasol-engines/"):
+        return None
+    files = {MANIFEST, TIMING_CACHE}
+    state = data.get("state")
+    if isinstance(state, dict) and isinstance(state.get("file"), str):
+        files.add(state["file"])
+    components = data.get("components")
+    for entry in components.values() if isinstance(components, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        files.update(f for f in (entry.get("onnx"), entry.get("engine")) if isinstance(f, str))
+        for ref in (entry.get("onnx_data"), entry.get("engine_data")):
+            if isinstance(ref, dict) and isinstance(ref.get("file"), str):
+                files.add(ref["file"])
+    return files
+
+
 def load_manifest(engine_dir: str | Path) -> Manifest:
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():

@@ -67,27 +67,69 @@ def write_repository(engine_dir: str | Path, out: str | Path, options: ServeOpti
         raise UsageError(f"kind must be auto, gpu or cpu, not {options.kind!r}")
     kind = "cpu" if twin else options.kind if options.kind != "auto" else ("gpu" if backend == "tensorrt" else "cpu")
     out = Path(out)
-    _check_out(out)
+    previous = _our_files(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         for name in COMPONENTS:
             _write_engine_model(mc, tmp / name, engines, name, twin, kind)
         _write_stream_model(mc, tmp / p.STREAM_MODEL, engines, options, kind)
+        written = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
         write_json_atomic(tmp / MARKER, {"engines": str(Path(engine_dir).resolve()), "twin": twin,
-                                         "manifest_sha256": engines.manifest_sha256, "kind": kind})
+                                         "manifest_sha256": engines.manifest_sha256, "kind": kind,
+                                         "files": written})
         os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        if previous is None:  # a new folder appears whole
+            if out.exists():
+                out.rmdir()  # empty (_our_files said so)
+            os.replace(tmp, out)
+        else:
+            _replace_our_models(tmp, out, previous)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise RepositoryError(f"{out}: exists and is not a model repository this tool wrote; remove it or pick another")
+def _our_files(out: Path) -> set[str] | None:
+    """The files an earlier write left in ``out`` (None: ``out`` is missing or empty).
+
+    Only those are replaced: the operator's other models and notes in the repository are kept;
+    a file of theirs inside one of our model folders, or a folder we did not write, is refused."""
+    if out.exists() and not out.is_dir():
+        raise RepositoryError(f"{out}: exists and is not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    try:
+        files = json.loads((out / MARKER).read_text()).get("files")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        files = None
+    if not isinstance(files, list):
+        raise RepositoryError(f"{out}: exists and is not a model repository this tool wrote (no {MARKER} listing "
+                              "its files); remove it or pick another")
+    ours = set(files)
+    for model in (*COMPONENTS, p.STREAM_MODEL):
+        for f in sorted((out / model).rglob("*")) if (out / model).is_dir() else ():
+            if f.is_file() and str(f.relative_to(out)) not in ours:
+                raise RepositoryError(f"{f}: not written by mirasol-build, inside the model folder it would replace; "
+                                      "move it out first")
+    return ours
+
+
+def _replace_our_models(new: Path, out: Path, previous: set[str]) -> None:
+    """Each of our model folders swapped in whole; everything else in ``out`` left as it is."""
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+    try:
+        for model in sorted(d.name for d in new.iterdir() if d.is_dir()):
+            if (out / model).exists():
+                os.replace(out / model, old / model)
+            os.replace(new / model, out / model)
+        os.replace(new / MARKER, out / MARKER)
+    finally:
+        for rel in previous:  # only what the earlier write listed, then the folders it left empty
+            (old / rel).unlink(missing_ok=True)
+        for d in sorted((d for d in old.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
+            d.rmdir()
+        old.rmdir()
 
 
 def triton_type(dtype) -> str:

@@ -30,6 +30,7 @@ from mirasol_edge.runtime.files import sha256_file
 from mirasol_edge.runtime.manifest import (
     FORMAT,
     INITIAL_STATE,
+    TIMING_CACHE,
     BackendEntry,
     Manifest,
     StateEntry,
@@ -50,7 +51,7 @@ from .export import (
     torch_outputs,
 )
 from .precision import apply_precision, slow_precision_warnings
-from .preflight import check_host_memory, check_output_dir, check_recipe_against_config
+from .preflight import OutputDirError, check_host_memory, check_output_dir, check_recipe_against_config, foreign_files
 from .real_inputs import RealInputs, real_inputs
 from .recipe import CALIBRATED, Recipe, RecipeError
 from .source import COMPONENT_PARTS, ModelSource, load_source
@@ -113,8 +114,8 @@ def build(
     rebuild = [n for n in COMPONENTS if not reusable(previous.get(n), keys[n], out, engines)]
     staging = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.staging."))
     try:
-        if (out / "timing.cache").exists():
-            shutil.copy2(out / "timing.cache", staging / "timing.cache")
+        if (out / TIMING_CACHE).exists():
+            shutil.copy2(out / TIMING_CACHE, staging / TIMING_CACHE)
         components = {}
         to_quantize = [n for n in rebuild if n in quantized]
         calibration = quantizer.calibrate(source, recipe, to_quantize, progress) if to_quantize else None
@@ -247,13 +248,18 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
 
 def _swap_into_place(staging: Path, out: Path) -> None:
     os.chmod(staging, 0o755)  # mkdtemp made it private
-    if out.exists():
-        old = out.with_name(f".{out.name}.old.{os.getpid()}")
-        os.replace(out, old)
+    if not out.exists():
         os.replace(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out)
+        return
+    foreign = foreign_files(out)  # checked again: a file may have been put there during the build
+    if foreign:
+        raise OutputDirError(foreign)
+    old = out.with_name(f".{out.name}.old.{os.getpid()}")
+    os.replace(out, old)
+    os.replace(staging, out)
+    for f in old.iterdir():  # only what the earlier build listed (foreign_files said so)
+        f.unlink()
+    old.rmdir()
 
 
 __all__ = ["AnswerCheck", "ExportError", "ParityError", "Quantizer", "build"]

@@ -17,7 +17,7 @@ from mirasol_edge.runtime import machine
 from mirasol_edge.runtime.backends.ort_backend import disabled_optimizers
 from mirasol_edge.runtime.engine_dir import verify_onnx
 from mirasol_edge.runtime.files import atomic_path, sha256_file, write_bytes_atomic
-from mirasol_edge.runtime.manifest import BackendEntry, file_ref, load_manifest
+from mirasol_edge.runtime.manifest import TIMING_CACHE, BackendEntry, file_ref, load_manifest
 from mirasol_edge.runtime.trt import lazy_import_trt, trt_logger
 
 from .recipe import Recipe, parse_recipe
@@ -210,7 +210,7 @@ def build_engine(onnx_path: Path, name: str, recipe: Recipe, profiles: dict[str,
     if backend == "onnxruntime":
         fields.update(build_onnxruntime(onnx_path, engine_path, recipe, precision))
     else:
-        cache = onnx_path.with_name("timing.cache") if recipe.build.timing_cache else None
+        cache = onnx_path.with_name(TIMING_CACHE) if recipe.build.timing_cache else None
         fields["builder_warnings"] = build_tensorrt(onnx_path, engine_path, recipe, profiles, cache)[-20:]
     data = onnx_data_file(engine_path)
     if data is not None:

@@ -3,12 +3,13 @@ and the host memory the export is expected to need."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
 from mirasol_edge.errors import MirasolError
 from mirasol_edge.runtime.config import MirasolConfig
-from mirasol_edge.runtime.manifest import MANIFEST
+from mirasol_edge.runtime.manifest import MANIFEST, build_files
 
 from .recipe import Recipe, RecipeError
 from .source import COMPONENT_PARTS, ModelSource, fp32_bytes
@@ -47,8 +48,30 @@ def check_output_dir(out: Path) -> None:
         raise OutputDirError(f"{out}: cannot write here ({exc.strerror or exc})") from None
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise OutputDirError(f"{out}: not empty and not an earlier build; refusing to overwrite")
+    foreign = foreign_files(out)
+    if foreign:
+        raise OutputDirError(foreign)
+
+
+def foreign_files(out: Path) -> str | None:
+    """Why ``out`` may not be replaced by a build, or None: it is empty, missing, or an earlier
+    build (a manifest of our format) holding only the files that manifest lists. A build replaces
+    its folder whole, so anything else in it would be lost: refuse instead, naming the file."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        listed = build_files(json.loads((out / MANIFEST).read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        listed = None
+    if listed is None:
+        return (f"{out}: not empty and not an earlier build (no {MANIFEST} of mirasol-build's format); "
+                "refusing to overwrite: pick an empty or new --out")
+    others = sorted(p.name for p in out.iterdir() if p.name not in listed or not p.is_file())
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return (f"{out}: an earlier build, but it also holds {shown}, which the build did not write; "
+                "a rebuild replaces the folder whole, so move them out or pick another --out")
+    return None
 
 
 def estimated_host_memory_mib(source: ModelSource, recipe: Recipe) -> int:
