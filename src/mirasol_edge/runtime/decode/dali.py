@@ -12,6 +12,7 @@ What decodes where, measured on these machines (see DESIGN.md):
 
 from __future__ import annotations
 
+import ctypes
 import platform
 from collections.abc import Iterator
 
@@ -70,6 +71,13 @@ def frames(data: bytes, image_size: int, device: str = "cpu", on_device: bool = 
     pipe = pipeline()
     pipe.build()
     pipe.feed_input("video", [np.frombuffer(data, np.uint8)])
+    pool = None
+    if on_device and device == "gpu":
+        from mirasol_edge.runtime.cuda import DeviceBuffer
+
+        from .device_frames import BufferPool
+
+        pool = BufferPool(lambda shape: DeviceBuffer(shape, np.uint8))
     while True:
         try:
             (out,) = pipe.run()
@@ -78,7 +86,7 @@ def frames(data: bytes, image_size: int, device: str = "cpu", on_device: bool = 
                 return
             raise
         if on_device and device == "gpu":
-            count = yield from _device_sequence(out[0])
+            count = yield from _device_sequence(out[0], pool)
         else:
             batch = out.as_cpu() if device == "gpu" else out
             sequence = np.array(batch[0])
@@ -88,19 +96,30 @@ def frames(data: bytes, image_size: int, device: str = "cpu", on_device: bool = 
             return
 
 
-def _device_sequence(tensor) -> Iterator:
-    """A DALI ``TensorGPU`` [S, H, W, 3] copied (device to device, waited for) into a buffer of
-    ours, as one ``DeviceFrame`` per frame; returns S."""
-    from mirasol_edge.runtime.cuda import DeviceBuffer
-
+def _device_sequence(tensor, pool) -> Iterator:
+    """A DALI ``TensorGPU`` [S, H, W, 3] copied (device to device, waited for) into a pooled buffer
+    of ours, as one ``DeviceFrame`` per frame; returns S."""
     from .device_frames import DeviceFrame
 
     shape = tuple(tensor.shape())
-    buffer = DeviceBuffer(shape, np.uint8)
-    tensor.copy_to_external(buffer.ptr, non_blocking=False)
+    lease = pool.take(shape)
+    copy_to_pointer(tensor, lease.buffer.ptr)
     for k in range(shape[0]):
-        yield DeviceFrame(buffer, k, shape[1:])
+        yield DeviceFrame(lease.buffer, k, shape[1:], lease)
     return shape[0]
+
+
+def copy_to_pointer(tensor, ptr: int) -> None:
+    """A DALI tensor's bytes copied to the address ``ptr`` (device memory for a ``TensorGPU``, host
+    memory for a ``TensorCPU``), waited for. DALI reads the address as ``ptr.value`` of a
+    ``ctypes.c_void_p``: a plain int arrives as NULL (it segfaulted DALI 2.4.0's CPU tensor)."""
+    from nvidia.dali.backend import TensorGPU
+
+    target = ctypes.c_void_p(ptr)
+    if isinstance(tensor, TensorGPU):
+        tensor.copy_to_external(target, non_blocking=False)
+    else:
+        tensor.copy_to_external(target)
 
 
 class LogMel:

@@ -8,7 +8,11 @@ A backend without a device path (ONNX Runtime on the CPU, PyTorch) reads them th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +26,7 @@ class DeviceFrame:
     buffer: DeviceBuffer
     index: int
     shape: tuple[int, int, int]
+    lease: Any = field(default=None, compare=False, repr=False)  # keeps the buffer out of its pool
 
     @property
     def nbytes(self) -> int:
@@ -57,3 +62,42 @@ class DeviceFrames:
         finally:
             stream.destroy()
         return host if dtype is None else host.astype(dtype)
+
+
+class Lease:
+    """A pooled buffer in use: every frame of its sequence holds the lease, and when the last of
+    them is gone the buffer goes back to its pool."""
+
+    __slots__ = ("buffer", "__weakref__")
+
+    def __init__(self, buffer) -> None:
+        self.buffer = buffer
+
+
+class BufferPool:
+    """Device buffers kept for reuse, per shape: ``cudaFree`` synchronizes the whole device, so
+    freeing a buffer per decoded sequence from the decode thread would stall inference. At most
+    ``keep`` free buffers of a shape are kept; a buffer beyond that is freed."""
+
+    def __init__(self, make: Callable[[tuple[int, ...]], Any], keep: int = 4) -> None:
+        self.make, self.keep = make, keep
+        self.free: dict[tuple[int, ...], list] = {}
+        self.made = 0
+        self.lock = threading.Lock()  # leases end on whichever thread drops the last frame
+
+    def take(self, shape: tuple[int, ...]) -> Lease:
+        with self.lock:
+            spare = self.free.get(shape)
+            buffer = spare.pop() if spare else None
+        if buffer is None:
+            buffer = self.make(shape)
+            self.made += 1
+        lease = Lease(buffer)
+        weakref.finalize(lease, self._give_back, shape, buffer)
+        return lease
+
+    def _give_back(self, shape: tuple[int, ...], buffer) -> None:
+        with self.lock:
+            spare = self.free.setdefault(shape, [])
+            if len(spare) < self.keep:
+                spare.append(buffer)  # otherwise dropped: freed when nothing holds it
