@@ -173,6 +173,7 @@ def bench(engine_dirs: list[str], source: str | None = None, chunks: int = 200, 
         run.device_peak_mib = _device_peak(run)
     report = _report(runs, dirs, src, chunks, warmup, block, question, streams, device_name)
     for run in runs:
+        run.stream.close()
         run.engines.close()
     return report
 
@@ -188,6 +189,8 @@ def _parallel(run: Run, src: Source, streams: int, rounds: int) -> dict:
         engines.push_many(group, [src.chunks[(r + i) % len(src.chunks)] for i in range(streams)])
         times.append((time.perf_counter() - t) * 1e3)
     wall = time.perf_counter() - start
+    for stream in group:
+        stream.close()
     return {"streams": streams, "engine_batch": engines.batch, "rounds": rounds,
             "chunks_per_s": round(streams * rounds / wall, 2), "round_ms": stats(times),
             "realtime_streams": round(streams * rounds * src.chunk_seconds / wall, 2)}

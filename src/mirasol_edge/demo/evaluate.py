@@ -36,15 +36,15 @@ def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str
         with tempfile.TemporaryDirectory(prefix="mirasol-eval-") as tmp:
             for i in range(clips):
                 path, facts = make_clip(seed + i, tmp)
-                stream = engines.stream()
-                for chunk in chunks(path, spec):
-                    push_ms.append(stream.push(chunk).timings.total_ms)
-                    decoders.add(chunk.decoder)
-                expected = facts.answers()
-                for kind, question in QUESTIONS.items():
-                    answer = stream.ask(question)
-                    answer_ms.append(answer.total_ms)
-                    right[kind] += answer.text == expected[kind]
+                with engines.stream() as stream:  # closed per clip: its runners and state go with it
+                    for chunk in chunks(path, spec):
+                        push_ms.append(stream.push(chunk).timings.total_ms)
+                        decoders.add(chunk.decoder)
+                    expected = facts.answers()
+                    for kind, question in QUESTIONS.items():
+                        answer = stream.ask(question)
+                        answer_ms.append(answer.total_ms)
+                        right[kind] += answer.text == expected[kind]
                 path.unlink()
                 progress(i + 1)
     finally:

@@ -2,6 +2,11 @@
 
 Full TensorRT (``tensorrt``: Jetson/JetPack, datacenter) and TensorRT-RTX (``tensorrt_rtx``)
 share the Python API. The backend name in a recipe or manifest picks the module.
+
+Versions whose Python bindings were read for the calls this project makes (here, in
+``toolkit.engines`` and in ``backends.trt_backend``): TensorRT 8.6.1, 10.3.0 (JetPack 6.1/6.2),
+10.9, 11.1 (NVIDIA/TensorRT ``python/src/infer/pyCore.cpp`` at those tags) and TensorRT-RTX 1.7
+(installed here). Where they differ, the callers branch on ``version`` or on the attribute.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ def lazy_import_trt(backend: str) -> ModuleType:
         raise TensorRTMissing(
             f"backend {backend!r} needs the Python module {MODULES[backend]!r}: install {PIP_NAMES[backend]} ({exc})"
         ) from None
+
+
+def version(trt: ModuleType) -> tuple[int, int]:
+    """``(major, minor)`` of a TensorRT module (TensorRT-RTX counts its own 1.x releases)."""
+    major, minor = (str(getattr(trt, "__version__", "0")).split(".") + ["0"])[:2]
+    return int(major) if major.isdigit() else 0, int(minor) if minor.isdigit() else 0
 
 
 def available(backend: str) -> bool:

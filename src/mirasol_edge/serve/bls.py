@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mirasol_edge.runtime.backends.base import Backend, BackendError, DeviceArray, Runner
+from mirasol_edge.runtime.dlpack import to_host
 from mirasol_edge.runtime.engine_dir import EngineDir
 
 
@@ -64,8 +65,4 @@ class BlsBackend(Backend):
     def download(self, value: DeviceArray) -> np.ndarray:
         if value.is_cpu():
             return value.as_numpy()
-        try:  # NVIDIA's Triton containers with PyTorch; a GPU tensor has no host view of its own
-            import torch.utils.dlpack
-        except ImportError:
-            raise BackendError("a GPU tensor needs torch in the Triton container to be read on the host") from None
-        return torch.utils.dlpack.from_dlpack(value.to_dlpack()).cpu().numpy()
+        return to_host(value.to_dlpack())  # GPU memory: one cudaMemcpy, no torch in the image

@@ -3,6 +3,10 @@
 - TensorRT / TensorRT-RTX: parse, optimization profiles for varying lengths, timing cache,
   strongly typed network (precision is already in the graph), serialized plan.
 - ONNX Runtime: the graph with ORT's offline optimizations applied and saved.
+
+No torch here: ``mirasol-build engine BUNDLE`` runs this on a Jetson that has only JetPack. The
+TensorRT calls were read against TensorRT 10.3 (JetPack 6.1/6.2), 10.9, 11.1 and TensorRT-RTX
+1.7 (see ``runtime.trt``); where a name differs, the code branches and says which versions.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from mirasol_edge.runtime.backends.ort_backend import disabled_optimizers
 from mirasol_edge.runtime.engine_dir import verify_onnx
 from mirasol_edge.runtime.files import atomic_path, sha256_file, write_bytes_atomic
 from mirasol_edge.runtime.manifest import TIMING_CACHE, BackendEntry, file_ref, load_manifest
-from mirasol_edge.runtime.trt import lazy_import_trt, trt_logger
+from mirasol_edge.runtime.trt import lazy_import_trt, trt_logger, version
 
 from .recipe import Recipe, parse_recipe
 
@@ -69,7 +73,10 @@ def fusion_report(graph_path: Path) -> dict:
     """How many linear layers of an optimized quantized graph run on integer kernels, and the
     names of those that stayed float: a MatMul or Gemm with a constant weight, or with a weight
     dequantized from a constant on every call (a Q/DQ pair the fusion did not take)."""
-    import onnx
+    try:
+        import onnx  # the build extra's; a device compiling a bundle may have only the runtime
+    except ImportError:
+        return {"integer_kernels": None, "float_linear_layers": None, "unchecked": "onnx is not installed"}
 
     graph = onnx.load(str(graph_path), load_external_data=False).graph
     constants = {i.name for i in graph.initializer}
@@ -98,10 +105,7 @@ def build_tensorrt(
     messages: list[str] = []
     logger = trt_logger(trt, messages)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, backend))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise EngineBuildError(f"{onnx_path.name}: {backend} cannot take the graph: {_parse_errors(parser)}")
@@ -111,8 +115,7 @@ def build_tensorrt(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, b.workspace_mib << 20)
     config.builder_optimization_level = b.optimization_level
     if b.hardware_compatibility != "none":  # full TensorRT only (checked by the recipe)
-        level = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level[b.hardware_compatibility])
+        config.hardware_compatibility_level = compatibility_level(trt, b.hardware_compatibility)
     if b.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if backend == "tensorrt-rtx":
@@ -127,6 +130,13 @@ def build_tensorrt(
         for i, cc in enumerate(ccs):
             config.set_compute_capability(cc, i)
     if b.dla_core >= 0:
+        # JetPack 6's TensorRT 10.3 builds for Orin's DLA; NVIDIA's 11.3 notes say 10.7 was the last with DLA
+        # until 11.4 (JetPack 7.2.2+). The names (DeviceType.DLA, DLA_core, BuilderFlag.GPU_FALLBACK,
+        # Builder.num_DLA_cores) are in 10.3 and 11.1 alike: ask the builder how many cores it sees.
+        cores = getattr(builder, "num_DLA_cores", 0)
+        if b.dla_core >= cores:
+            raise EngineBuildError(f"{recipe.path}: build.dla_core = {b.dla_core}, but this {backend} "
+                                   f"({trt.__version__}) sees {cores} DLA core(s) here")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = b.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
@@ -138,7 +148,9 @@ def build_tensorrt(
         config.add_optimization_profile(profile)
 
     cache = None
-    if timing_cache is not None and backend == "tensorrt":  # TensorRT-RTX AOT builds time nothing
+    # TensorRT-RTX AOT builds time nothing (its 1.x deprecates set_timing_cache); full TensorRT 8.6 .. 11.1
+    # have create_timing_cache(serialized_timing_cache) and set_timing_cache(cache, ignore_mismatch).
+    if timing_cache is not None and backend == "tensorrt":
         blob = timing_cache.read_bytes() if timing_cache.exists() else b""
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=False)
@@ -155,6 +167,37 @@ def build_tensorrt(
     if cache is not None:
         write_bytes_atomic(timing_cache, bytes(cache.serialize()))
     return messages
+
+
+def network_flags(trt, backend: str) -> int:
+    """A strongly typed network: the graph's casts and Q/DQ decide precision, never the builder.
+
+    TensorRT 9.1 .. 10.x (JetPack 6.1/6.2's 10.3) and TensorRT-RTX 1.x opt in with STRONGLY_TYPED;
+    9.x also needs EXPLICIT_BATCH (10.0 made it the only mode and ignores the flag). TensorRT 11 and
+    TensorRT-RTX are always strongly typed (11.1 keeps the flag, deprecated and ignored): where the
+    flag is gone, 0. TensorRT 8.x (JetPack 6.0's 8.6) has no strong typing: it would choose each
+    layer's precision itself, so the fp16 / int8 / int4 graphs would not build as exported; refused."""
+    major = version(trt)[0]
+    flags = trt.NetworkDefinitionCreationFlag
+    strongly_typed = getattr(flags, "STRONGLY_TYPED", None)
+    if strongly_typed is None:
+        if backend == "tensorrt-rtx" or major >= 11:
+            return 0
+        raise EngineBuildError(f"{backend} {trt.__version__} has no strongly typed networks, which these graphs need "
+                               "(their precision is in the graph): install TensorRT 10 or later (JetPack 6.1+)")
+    explicit = backend == "tensorrt" and major < 10 and hasattr(flags, "EXPLICIT_BATCH")
+    return (1 << int(strongly_typed)) | ((1 << int(flags.EXPLICIT_BATCH)) if explicit else 0)
+
+
+def compatibility_level(trt, level: str):
+    """The builder's HardwareCompatibilityLevel. AMPERE_PLUS: TensorRT 8.6 on; SAME_COMPUTE_CAPABILITY:
+    10.9 on (not in JetPack 6's 10.3)."""
+    name = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}[level]
+    found = getattr(trt.HardwareCompatibilityLevel, name, None)
+    if found is None:
+        raise EngineBuildError(f"build.hardware_compatibility = {level!r}: this TensorRT ({trt.__version__}) has "
+                               f"no HardwareCompatibilityLevel.{name} (AMPERE_PLUS: 8.6+, SAME_COMPUTE_CAPABILITY: 10.9+)")
+    return found
 
 
 def profiles_for(dynamic: dict, inputs: dict, recipe: Recipe) -> dict[str, Profile]:

@@ -218,6 +218,10 @@ def check_recipe(recipe: Recipe) -> None:
     need(t.device in ("cpu", "cuda"), "target.device", f"must be 'cpu' or 'cuda', got {t.device!r}")
     need(t.backend == "onnxruntime" or t.device == "cuda", "target.device",
          f"backend {t.backend!r} needs device 'cuda'")
+    # TensorRT-RTX takes CURRENT only alone, at index 0 of its list of targets.
+    need("current" not in t.compute_capabilities or list(t.compute_capabilities) == ["current"],
+         "target.compute_capabilities", f"'current' (the GPU the build runs on) must stand alone, not beside "
+         f"others: {list(t.compute_capabilities)}")
     for i, cc in enumerate(t.compute_capabilities):
         if cc == "current" and t.backend == "tensorrt-rtx":
             continue  # resolved to the build machine's GPU when the engines are built

@@ -175,9 +175,9 @@ def record_stream(model, clip: Path, questions: list[str], max_question_tokens: 
     ref = ReferenceDir.of(model, max_question_tokens or cfg.max_question_tokens,
                           max_answer_tokens or cfg.max_answer_tokens)
     recording = RecordingBackend(TorchBackend(ref, "cpu", model=model))
-    stream = MirasolEngines(ref, recording).stream()
-    for chunk in chunks(clip, ChunkSpec.from_config(cfg)):
-        stream.push(chunk)
-    for question in questions:
-        stream.ask(question)
+    with MirasolEngines(ref, recording).stream() as stream:
+        for chunk in chunks(clip, ChunkSpec.from_config(cfg)):
+            stream.push(chunk)
+        for question in questions:
+            stream.ask(question)
     return recording.records

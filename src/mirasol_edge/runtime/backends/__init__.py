@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..engine_dir import EngineDir
 from .base import Backend, BackendError, Runner
+from .options import checked_options
 
 NAMES = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
 
@@ -29,37 +30,47 @@ def split_backend(spec: str, default: str) -> tuple[str, str]:
     return spec, default
 
 
+# The toolkit's PyTorch reference, where no entry point names it (a checkout on PYTHONPATH has no
+# dist-info): the same object pyproject.toml's entry point gives.
+REFERENCE = "mirasol_edge.toolkit.reference:TorchBackend"
+
+
 def _plugins() -> dict:
     """Backends other packages provide (the toolkit's PyTorch reference: ``torch``), found by
     entry point so the runtime imports none of them."""
-    from importlib.metadata import entry_points
+    from importlib.metadata import EntryPoint, entry_points
 
-    return {ep.name: ep for ep in entry_points(group="mirasol_edge.backends")}
+    found = {ep.name: ep for ep in entry_points(group="mirasol_edge.backends")}
+    found.setdefault("torch", EntryPoint("torch", REFERENCE, "mirasol_edge.backends"))
+    return found
 
 
 def create_backend(engines: EngineDir, backend: str = "auto", device: str = "auto", **options) -> Backend:
+    """The backend ``backend`` for ``engines``; ``options`` are checked against what it takes
+    (``backends.options``) before anything loads."""
     name = engines.backend if backend == "auto" else backend
     if name in ("tensorrt", "tensorrt-rtx"):
         if name != engines.backend:
             raise BackendError(f"{engines.path}: built for {engines.backend}; {name} cannot run these engines")
+        options = checked_options(name, options)
         from .trt_backend import TrtBackend
 
-        return TrtBackend(engines, device)
+        return TrtBackend(engines, device, **options)
     if name == "onnxruntime":
+        options = checked_options(name, options)
         from .ort_backend import OrtBackend
 
         return OrtBackend(engines, device, **options)
     plugin = _plugins().get(name)
-    if plugin is not None:
-        try:
-            factory = plugin.load()
-        except ImportError as exc:
-            raise BackendError(f"backend {name!r} cannot load here ({exc}); for 'torch' install "
-                               "mirasol-edge[build]") from None
-        return factory(engines, device, **options)
-    if name == "torch":
-        raise BackendError("backend 'torch' is the PyTorch reference: install mirasol-edge[build] (torch) for it")
-    raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(NAMES)}")
+    if plugin is None:
+        raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(NAMES)}")
+    options = checked_options(name, options)
+    try:
+        factory = plugin.load()
+    except ImportError as exc:
+        raise BackendError(f"backend {name!r} cannot load here ({exc}); for 'torch' install "
+                           "mirasol-edge[build]") from None
+    return factory(engines, device, **options)
 
 
 __all__ = ["Backend", "BackendError", "Runner", "create_backend", "open_engines", "split_backend"]

@@ -8,6 +8,7 @@ a trip through the host. Only ``upload`` and ``download`` cross the host boundar
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -47,6 +48,35 @@ class Runner(ABC):
 
     def close(self) -> None:  # noqa: B027 - a runner that holds nothing has nothing to release
         """Release what this runner holds on the device."""
+
+
+class OpenRunners:
+    """The runners a backend handed out and has not seen closed: as many as the streams open now,
+    not every stream ever opened. A runner's ``close`` removes it; the backend's closes the rest."""
+
+    def __init__(self) -> None:
+        self._runners: dict[int, Runner] = {}
+        self._lock = threading.Lock()  # streams open and close on any thread
+
+    def add(self, runner: Runner) -> Runner:
+        with self._lock:
+            self._runners[id(runner)] = runner
+        return runner
+
+    def discard(self, runner: Runner) -> None:
+        with self._lock:
+            self._runners.pop(id(runner), None)
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._runners.values()))
+
+    def __len__(self) -> int:
+        return len(self._runners)
+
+    def close_all(self) -> None:
+        for runner in self:
+            runner.close()
 
 
 class Backend(ABC):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine_dir import EngineDir, verify_onnx
-from .base import Backend, BackendError, DeviceArray, Runner
+from .base import Backend, BackendError, DeviceArray, OpenRunners, Runner
 
 QUANTIZED = ("int8", "fp8", "int4")
 # ONNX Runtime rewrites DequantizeLinear -> MatMul -> Add into Reshape -> Gemm before its Q/DQ
@@ -23,8 +23,8 @@ def disabled_optimizers(precision: str) -> list[str]:
 
 
 class OrtRunner(Runner):
-    def __init__(self, session, device_type: str, name: str) -> None:
-        self.session = session
+    def __init__(self, session, device_type: str, name: str, owner: OpenRunners) -> None:
+        self.session, self.owner = session, owner
         self.device_type = device_type
         self.name = name
         self.output_names = [o.name for o in session.get_outputs()]
@@ -38,6 +38,9 @@ class OrtRunner(Runner):
             binding.bind_output(name, self.device_type)
         self.session.run_with_iobinding(binding)
         return dict(zip(self.output_names, binding.get_outputs()))
+
+    def close(self) -> None:
+        self.owner.discard(self)
 
 
 class OrtBackend(Backend):
@@ -72,6 +75,7 @@ class OrtBackend(Backend):
             options.intra_op_num_threads = threads
         if use_engines:  # already optimized at build time
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.open_runners = OpenRunners()
         self.sessions = {}
         for name, info in engines.components.items():
             path = info.engine if use_engines else verify_onnx(engines.path, name, engines.manifest.components[name])
@@ -82,7 +86,8 @@ class OrtBackend(Backend):
                 raise BackendError(f"{path}: onnxruntime cannot load {name}: {exc}") from None
 
     def runner(self, component: str, lane: object | None = None) -> Runner:
-        return OrtRunner(self.sessions[component], self.device_type, component)
+        return self.open_runners.add(OrtRunner(self.sessions[component], self.device_type, component,
+                                               self.open_runners))
 
     def upload(self, array: np.ndarray, into: DeviceArray | None = None, lane: object | None = None) -> DeviceArray:
         return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, 0)
@@ -94,4 +99,5 @@ class OrtBackend(Backend):
         return {"backend": self.name, "device": self.device, "version": self.ort.__version__}
 
     def close(self) -> None:
+        self.open_runners.close_all()
         self.sessions.clear()

@@ -18,7 +18,6 @@ before TensorRT sees the plan: TensorRT's own validity check is no tamper or tar
 from __future__ import annotations
 
 import os
-import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from ..cuda import CaptureError, DeviceBuffer, Event, Graph, Stream, compute_cap
 from ..engine_dir import EngineDir
 from ..files import write_bytes_atomic
 from ..trt import lazy_import_trt, trt_logger
-from .base import Backend, BackendError, DeviceArray, Runner
+from .base import Backend, BackendError, DeviceArray, OpenRunners, Runner
 
 MAX_GRAPHS = 4  # two buffer sets, with room for a restored state's buffers
 MAX_SEEN = 16  # input/output address sets remembered while waiting for a second sighting
@@ -137,6 +136,7 @@ class TrtRunner(Runner):
             for buf in buffers.values():
                 buf.free()
         self.sets, self.context = [], None
+        self.backend.open_runners.discard(self)
 
 
 class TrtBackend(Backend):
@@ -165,8 +165,7 @@ class TrtBackend(Backend):
         if compatible:
             self.runtime.engine_host_code_allowed = True
         self.stream = Stream()  # uploads and downloads that belong to no lane
-        self._runners: list[TrtRunner] = []
-        self._lock = threading.Lock()
+        self.open_runners = OpenRunners()  # closed streams' runners leave it
         self._stacks: dict[tuple, DeviceBuffer] = {}
         self.engines = {}
         for name, info in engines.components.items():
@@ -207,10 +206,8 @@ class TrtBackend(Backend):
         return Stream()
 
     def runner(self, component: str, lane: Stream | None = None) -> Runner:
-        runner = TrtRunner(self, component, lane or Stream())  # own context and buffers: one per stream
-        with self._lock:
-            self._runners.append(runner)
-        return runner
+        # own context and buffers: one per stream
+        return self.open_runners.add(TrtRunner(self, component, lane or Stream()))
 
     def upload(self, array: np.ndarray, into: DeviceBuffer | None = None, lane: Stream | None = None) -> DeviceArray:
         if into is None or into.capacity < array.nbytes:
@@ -278,15 +275,12 @@ class TrtBackend(Backend):
         return outs
 
     def describe(self) -> dict:
-        graphs = {r.name: r.no_capture or ("captured" if r.graphs else "not yet captured") for r in self._runners}
+        graphs = {r.name: r.no_capture or ("captured" if r.graphs else "not yet captured") for r in self.open_runners}
         return {"backend": self.name, "device": f"cuda ({device_name()}, sm {compute_capability()})",
                 "version": self.trt.__version__, "cuda_graphs": graphs}
 
     def close(self) -> None:
-        with self._lock:
-            runners, self._runners = self._runners, []
-        for runner in runners:
-            runner.close()
+        self.open_runners.close_all()
         for buf in self._stacks.values():
             buf.free()
         self._stacks.clear()
