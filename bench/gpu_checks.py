@@ -1,32 +1,59 @@
-"""The checks bench/gpu.py runs, one per child process. Each returns its results or raises
-``Skip`` with the reason; ``run`` writes ``<work>/<name>.json``."""
+"""The checks bench/gpu.py runs, one per child process. Each fills its ``Results`` step by
+step or raises ``Skip`` with the reason; every step is on disk (``<work>/<name>.json``, written
+atomically) as soon as it is known, so a check cut off at its budget keeps what it measured.
+Every check but ``dali`` decodes with PyAV and numpy: a broken NVDEC fails one check, not all."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 
+from mirasol_edge.runtime.files import atomic_path
+
 QUESTION = "what colour is the square?"
+PINNED = {"decoder": "pyav", "mel": "numpy"}  # every check's decoding but the DALI check's
 
 
 class Skip(Exception):
     """The check cannot run here; the message says why."""
 
 
+class Results(dict):
+    """A check's results so far: written to its file after every step, marked ``running``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.save("running")
+
+    def __setitem__(self, key: str, value) -> None:
+        super().__setitem__(key, value)
+        self.save("running")
+
+    def update(self, *args, **kwargs) -> None:
+        super().update(*args, **kwargs)
+        self.save("running")
+
+    def save(self, status: str, **extra) -> None:
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps({"status": status, **extra, "results": dict(self)}, indent=1, default=str))
+
+
 def run(name: str, work: Path) -> None:
+    out = Results(work / f"{name}.json")
     try:
-        results = CHECKS[name](work)
-        out = {"status": "ok", "summary": results.pop("summary", ""), "results": results}
+        CHECKS[name](work, out)
+        summary = out.pop("summary", "")
+        out.save("ok", summary=summary)
     except Skip as exc:
-        out = {"status": "skipped", "reason": str(exc)}
+        out.save("skipped", reason=str(exc))
     except Exception as exc:  # recorded, and the run goes on
-        out = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:2000],
-               "traceback": traceback.format_exc()[-4000:]}
-    (work / f"{name}.json").write_text(json.dumps(out, indent=1, default=str))
+        out.save("failed", reason=f"{type(exc).__name__}: {exc}"[:2000], traceback=traceback.format_exc()[-4000:])
 
 
 def _gpu() -> None:
@@ -61,7 +88,7 @@ def _chunks(shape, mel_shape, n=8, seed=0):
 
 
 # ---- 1. machine -----------------------------------------------------------------------
-def machine(work: Path) -> dict:
+def machine(work: Path, out: Results) -> None:
     from mirasol_edge.runtime import machine as host
     from mirasol_edge.runtime.cuda import _cudart, check, compute_capability, device_name, gpu_problem
 
@@ -79,7 +106,7 @@ def machine(work: Path) -> dict:
     except ImportError:
         pass
     info["summary"] = f"{info['cuda'].get('name', 'no GPU')} ({info['cuda'].get('compute_capability', '-')})"
-    return info
+    out.update(info)
 
 
 # ---- 2. PyTorch on CUDA ----------------------------------------------------------------------
@@ -131,11 +158,10 @@ def _torch_stream(model, precision: str, pushes: int) -> dict:
             "device_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
-def torch_cuda(work: Path) -> dict:
+def torch_cuda(work: Path, results: Results) -> None:
     torch = _module("torch", "the PyTorch reference")
     if not torch.cuda.is_available():
         raise Skip("this torch sees no CUDA GPU")
-    results = {}
     for preset, precision, pushes in (("tiny", "fp32", 1000), ("edge", "fp32", 200), ("edge", "fp16", 200),
                                       ("mirasol3b", "fp16", 40)):
         model = _torch_model(preset)
@@ -148,7 +174,6 @@ def torch_cuda(work: Path) -> dict:
                           f"{tiny['push_p50_first_tenth_ms']:.2f}/{tiny['push_p50_last_tenth_ms']:.2f}, growth "
                           f"{tiny['device_mib_growth_during_run']} MiB); mirasol3b fp16 push p50 "
                           f"{results['mirasol3b-fp16']['push_ms']['p50']:.1f} ms")
-    return results
 
 
 # ---- 3. TensorRT-RTX --------------------------------------------------------------------------
@@ -169,7 +194,8 @@ def _answers(engine_dir: Path, **options) -> dict:
 
     qa = json.loads(SAMPLE_QUESTIONS.read_text())["qa"]
     with MirasolStream.open(engine_dir, **options) as stream:
-        outputs = [stream.push(c).outputs for c in chunks(SAMPLE_CLIP, ChunkSpec.from_config(stream.engines.dir.config))]
+        spec = ChunkSpec.from_config(stream.engines.dir.config)
+        outputs = [stream.push(c).outputs for c in chunks(SAMPLE_CLIP, spec, **PINNED)]
         answers = {q["question"]: stream.ask(q["question"]).text for q in qa}
     return {"outputs": outputs, "answers": answers, "right": sum(answers[q["question"]] == q["answer"] for q in qa)}
 
@@ -190,14 +216,13 @@ def _push_timing(engine_dir: Path, rounds: int = 200, **options) -> dict:
             "first_token_ms": _stats(a.first_token_ms for a in asks), "cuda_graphs": graphs}
 
 
-def tensorrt_rtx(work: Path) -> dict:
+def tensorrt_rtx(work: Path, results: Results) -> None:
     trt = _module("tensorrt_rtx", "carry its wheels: ../shared/gpu/prepare rtx")
     _gpu()
     from mirasol_edge.runtime import cuda
     from mirasol_edge.runtime.stream import MirasolStream
 
-    here = cuda.compute_capability()
-    results = {"gpu_compute_capability": here, "tensorrt_rtx": trt.__version__}
+    results.update(gpu_compute_capability=cuda.compute_capability(), tensorrt_rtx=trt.__version__)
     cpu = _build(work, "tiny-cpu", "cpu")
     ci = _build(work, "tiny-rtx-ci", "rtx")  # what CI builds: SM 8.6 / 8.9 / 12.0
     try:
@@ -216,15 +241,18 @@ def tensorrt_rtx(work: Path) -> dict:
     results["cuda_graphs_on"] = _push_timing(current)
     results["cuda_graphs_off"] = _push_timing(current, cuda_graphs=False)
     results["host_copies_per_push"] = _count_copies(current)
-    for label in ("cold", "warm"):  # the runtime cache: JIT kernels compiled once, then read from disk
+    # The runtime cache: JIT kernels compiled once, then read from disk. Every open above wrote the
+    # default cache file on close, so the cold open gets a fresh path of its own.
+    cache = work / "runtime-cache-cold-then-warm.cache"
+    cache.unlink(missing_ok=True)
+    for label in ("cold", "warm"):
         start = time.perf_counter()
-        MirasolStream.open(current).close()
+        MirasolStream.open(current, runtime_cache=cache).close()
         results[f"open_{label}_s"] = round(time.perf_counter() - start, 2)
     results["summary"] = (f"CI engines: {results['ci_engines'][:60]}; current-GPU engines answer "
                           f"{rtx['right']}/6, same as ORT: {rtx['answers'] == ort['answers']}; push p50 "
                           f"{results['cuda_graphs_on']['push_ms']['p50']:.3f} ms (graphs) vs "
                           f"{results['cuda_graphs_off']['push_ms']['p50']:.3f} ms")
-    return results
 
 
 def _raw_load(trt, plan: Path) -> str:
@@ -266,7 +294,7 @@ def _count_copies(engine_dir: Path) -> dict:
 
 
 # ---- 4. DALI NVDEC ------------------------------------------------------------------------------
-def dali(work: Path) -> dict:
+def dali(work: Path, results: Results) -> None:
     _module("nvidia.dali", "carry its wheels: ../shared/gpu/prepare dali")
     _module("av", "carry its wheels: ../shared/gpu/prepare av")
     _gpu()
@@ -276,7 +304,6 @@ def dali(work: Path) -> dict:
     from mirasol_edge.runtime.decode.mel import log_mel
 
     spec = ChunkSpec.from_config(MirasolConfig.preset("edge"))
-    results = {}
     from decode import encode  # bench/decode.py's clips: PyAV's encoders, moving content, audio
 
     for codec in ("h264", "hevc"):
@@ -290,7 +317,7 @@ def dali(work: Path) -> dict:
             row = {}
             for decoder in ("dali-gpu", "pyav"):
                 start = time.perf_counter()
-                got = list(chunks(clip, spec, decoder=decoder))
+                got = list(chunks(clip, spec, decoder=decoder, mel="numpy"))
                 wall = time.perf_counter() - start
                 row[decoder] = {"chunks": len(got), "source_fps": round(4.0 * 30 / wall, 1),
                                 "realtime": round(4.0 / wall, 2), "decoder": sorted({c.decoder for c in got})}
@@ -304,11 +331,10 @@ def dali(work: Path) -> dict:
     results["gpu_mel_max_abs_db"] = float(np.abs(gpu_mel - cpu_mel[: len(gpu_mel)]).max())
     done = {k: v["gpu_over_cpu"] for k, v in results.items() if isinstance(v, dict) and "gpu_over_cpu" in v}
     results["summary"] = f"NVDEC over PyAV (source fps): {done}; GPU mel within {results['gpu_mel_max_abs_db']:.1e} dB"
-    return results
 
 
 # ---- 5. ONNX Runtime's CUDA provider ------------------------------------------------------------
-def ort_cuda(work: Path) -> dict:
+def ort_cuda(work: Path, results: Results) -> None:
     ort = _module("onnxruntime", "the CPU backend")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise Skip(f"onnxruntime {ort.__version__} has no CUDA provider (carry onnxruntime-gpu: prepare ortgpu)")
@@ -317,14 +343,14 @@ def ort_cuda(work: Path) -> dict:
     if not cpu.is_dir():
         cpu = _build(work, "tiny-cpu", "cpu")
     gpu, host = _answers(cpu, backend="onnxruntime", device="cuda"), _answers(cpu)
-    timing = _push_timing(cpu, backend="onnxruntime", device="cuda")
-    return {"same_answers": gpu["answers"] == host["answers"], "right": gpu["right"], "timing": timing,
-            "summary": f"answers {gpu['right']}/6, same as CPU: {gpu['answers'] == host['answers']}; "
-                       f"push p50 {timing['push_ms']['p50']:.2f} ms"}
+    results.update(same_answers=gpu["answers"] == host["answers"], right=gpu["right"])
+    timing = results["timing"] = _push_timing(cpu, backend="onnxruntime", device="cuda")
+    results["summary"] = (f"answers {gpu['right']}/6, same as CPU: {gpu['answers'] == host['answers']}; "
+                          f"push p50 {timing['push_ms']['p50']:.2f} ms")
 
 
 # ---- 6. The roofline on the GPU ---------------------------------------------------------------------
-def roofline(work: Path) -> dict:
+def roofline(work: Path, results: Results) -> None:
     torch = _module("torch", "the PyTorch reference")
     if not torch.cuda.is_available():
         raise Skip("this torch sees no CUDA GPU")
@@ -333,11 +359,12 @@ def roofline(work: Path) -> dict:
     from mirasol_edge.bench.floor import measure_ceilings
     from mirasol_edge.toolkit.export import component_spec
 
-    ceilings = measure_ceilings("cuda")
+    # Each precision against its own ceiling: fp32 matmuls do not run at the fp16 tensor-core peak.
+    ceilings = {p: measure_ceilings("cuda", dtype=p) for p in ("fp32", "fp16")}
+    results["ceilings"] = {p: {"tflops": round(c.flops_per_s / 1e12, 1), "tb_per_s": round(c.bytes_per_s / 1e12, 2),
+                               "how": c.how} for p, c in ceilings.items()}
     model = _torch_model("edge")
     state = model.init_state(1)
-    results = {"ceilings": {"tflops": round(ceilings.flops_per_s / 1e12, 1),
-                            "tb_per_s": round(ceilings.bytes_per_s / 1e12, 2), "how": ceilings.how}}
     for name in ("chunk_encoder", "ar_step"):
         spec = component_spec(model, name, 1, state)
         inputs = [t.to("cuda") for t in spec.inputs.values()]
@@ -357,18 +384,20 @@ def roofline(work: Path) -> dict:
                     end.synchronize()
                     times.append(start.elapsed_time(end))
             flops = counter.get_total_flops()
-            weight_bytes = sum(p.numel() for p in spec.module.parameters()) * (2 if precision == "fp16" else 4)
-            floor_ms = max(flops / ceilings.flops_per_s, weight_bytes / ceilings.bytes_per_s) * 1e3
+            # Autocast keeps the weights fp32 and recasts them on every call: each is read (4 B),
+            # written as fp16 (2 B) and read again by the matmul (2 B).
+            weight_bytes = sum(p.numel() for p in spec.module.parameters()) * (8 if precision == "fp16" else 4)
+            ceiling = ceilings[precision]
+            floor_ms = max(flops / ceiling.flops_per_s, weight_bytes / ceiling.bytes_per_s) * 1e3
             p50 = float(np.median(times))
             results[f"{name}-{precision}"] = {"gflops": round(flops / 1e9, 2), "weight_mib": round(weight_bytes / 2**20, 1),
                                               "p50_ms": round(p50, 3), "floor_ms": round(floor_ms, 4),
                                               "x_floor": round(p50 / floor_ms, 1)}
     results["summary"] = ", ".join(f"{k} {v['x_floor']}x floor" for k, v in results.items() if "x_floor" in v)
-    return results
 
 
 # ---- 7. the requires_cuda tests -------------------------------------------------------------------
-def pytest(work: Path) -> dict:
+def pytest(work: Path, results: Results) -> None:
     import subprocess
     import sys
     import xml.etree.ElementTree as ET
@@ -384,9 +413,16 @@ def pytest(work: Path) -> dict:
         detail = next((c.get("message", "") for c in case if c.tag in ("failure", "error", "skipped")), "")
         cases.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome, "detail": detail[:300]})
     counts = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failure", "error", "skipped")}
-    return {"cases": cases, "counts": counts, "tail": child.stdout[-1500:],
-            "summary": ", ".join(f"{v} {k}" for k, v in counts.items())}
+    results.update(cases=cases, counts=counts, tail=child.stdout[-1500:],
+                   summary=", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def selftest(work: Path, results: Results) -> None:
+    """Test-only (MIRASOL_GPU_SELFTEST=1): one step, then a sleep, so a test can cut the run off."""
+    results["before_sleep"] = True
+    time.sleep(float(os.environ.get("MIRASOL_GPU_SELFTEST_SLEEP", "60")))
+    results["after_sleep"] = True
 
 
 CHECKS = {"machine": machine, "torch_cuda": torch_cuda, "tensorrt_rtx": tensorrt_rtx, "dali": dali,
-          "ort_cuda": ort_cuda, "roofline": roofline, "pytest": pytest}
+          "ort_cuda": ort_cuda, "roofline": roofline, "pytest": pytest, "selftest": selftest}

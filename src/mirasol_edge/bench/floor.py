@@ -62,9 +62,12 @@ class Ceilings:
     how: str
 
 
-def measure_ceilings(device: str = "cpu", size: int = 2048, copy_mib: int = 256, repeats: int = 5) -> Ceilings:
+def measure_ceilings(device: str = "cpu", size: int = 2048, copy_mib: int = 256, repeats: int = 5,
+                     dtype: str = "fp16") -> Ceilings:
+    """Matmul and copy peaks as measured here; on a GPU in ``dtype`` (fp16 or fp32: a floor for
+    fp32 work taken from the fp16 tensor-core peak would be far too low)."""
     if device.startswith("cuda"):
-        return _gpu_ceilings(size * 2, copy_mib * 4, repeats)
+        return _gpu_ceilings(size * 2, copy_mib * 4, repeats, dtype)
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     b = a.copy()
     a @ b  # warm up the BLAS threads
@@ -75,11 +78,12 @@ def measure_ceilings(device: str = "cpu", size: int = 2048, copy_mib: int = 256,
     return Ceilings(2 * size**3 / best, 2 * src.nbytes / copy, f"numpy float32 {size}^3 matmul; {copy_mib} MiB copy")
 
 
-def _gpu_ceilings(size: int, copy_mib: int, repeats: int) -> Ceilings:
+def _gpu_ceilings(size: int, copy_mib: int, repeats: int, dtype: str) -> Ceilings:
     import torch
 
-    a = torch.randn(size, size, device="cuda", dtype=torch.float16)
-    src = torch.ones(copy_mib << 19, device="cuda", dtype=torch.float16)
+    kind = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
+    a = torch.randn(size, size, device="cuda", dtype=kind)
+    src = torch.ones(copy_mib << 18, device="cuda", dtype=torch.float32)  # bandwidth: bytes are bytes
     dst = torch.empty_like(src)
 
     def timed(fn) -> float:
@@ -92,7 +96,7 @@ def _gpu_ceilings(size: int, copy_mib: int, repeats: int) -> Ceilings:
 
     best = min(timed(lambda: a @ a) for _ in range(repeats))
     copy = min(timed(lambda: dst.copy_(src)) for _ in range(repeats))
-    return Ceilings(2 * size**3 / best, 2 * src.numel() * 2 / copy, f"torch fp16 {size}^3 matmul; {copy_mib} MiB copy")
+    return Ceilings(2 * size**3 / best, 2 * src.numel() * 4 / copy, f"torch {dtype} {size}^3 matmul; {copy_mib} MiB copy")
 
 
 def _timed(fn) -> float:

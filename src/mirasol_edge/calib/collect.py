@@ -135,7 +135,7 @@ def collect(model, media: str | Path, clips: int, max_samples: int, min_samples:
     decoded, skipped = [], []
     for path in files:
         try:
-            for _ in chunks(path, spec):  # decodes whole: bad media is skipped before any recording
+            for _ in chunks(path, spec, decoder="pyav", mel="numpy"):  # as record_stream decodes; bad media skipped
                 pass
         except (DecodeError, OSError) as exc:
             skipped.append(f"{path}: {type(exc).__name__}: {exc}")

@@ -176,7 +176,8 @@ def record_stream(model, clip: Path, questions: list[str], max_question_tokens: 
                           max_answer_tokens or cfg.max_answer_tokens)
     recording = RecordingBackend(TorchBackend(ref, "cpu", model=model))
     with MirasolEngines(ref, recording).stream() as stream:
-        for chunk in chunks(clip, ChunkSpec.from_config(cfg)):
+        # PyAV and numpy: the reference is the same on every machine (a broken NVDEC cannot fail a build)
+        for chunk in chunks(clip, ChunkSpec.from_config(cfg), decoder="pyav", mel="numpy"):
             stream.push(chunk)
         for question in questions:
             stream.ask(question)
