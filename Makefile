@@ -1,26 +1,29 @@
 # One command to set up and run the main job, one to set up and run the tests.
-# torch is pinned to 2.13.0: on these machines that takes the local CPU wheel; a range
-# that admits a newer release pulls gigabytes of CUDA packages.
+# torch is pinned to 2.13.0 (constraints.txt, given to every pip install here, and on the command
+# line): on these machines that takes the local CPU wheel; a range that admits a newer release
+# pulls gigabytes of CUDA packages. The package itself asks only for torch>=2.6.
 PYTHON ?= python3
+CONSTRAINTS := constraints.txt
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The tests' Triton server runs in its own environment: its Python backend stub needs numpy < 2.
 TRITON_VENV ?= .venv-triton
 
 # What the tests take from Debian: NGINX (the router in front of two Triton servers), GStreamer
-# with its libav decoders, typelibs and RTSP server, and what PyGObject builds against.
+# with its libav decoders, typelibs and RTSP server, what PyGObject builds against, and
+# qemu-user-static (tests/package/test_arm.py runs the wheel in Debian's arm64 Python, emulated).
 DEBIAN_PACKAGES := nginx-light gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
-	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config
+	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config qemu-user-static
 
 .PHONY: setup demo test lint triton-venv debian-packages gstreamer-python
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0 -e ".[build,trt,dali,bench,serve,dev]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) torch==2.13.0 -e ".[build,trt,dali,bench,serve,dev]"
 	touch $@
 
 triton-venv: $(TRITON_VENV)/.installed
@@ -28,7 +31,7 @@ triton-venv: $(TRITON_VENV)/.installed
 $(TRITON_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
-	$(TRITON_VENV)/bin/pip install --quiet -e ".[triton-server]"
+	$(TRITON_VENV)/bin/pip install --quiet -c $(CONSTRAINTS) -e ".[triton-server]"
 	touch $@
 
 # The bundled checkpoint and sample clip ship inside the package (mirasol_edge/assets).
@@ -55,10 +58,11 @@ debian-packages:
 gstreamer-python: $(VENV)/.gstreamer
 
 $(VENV)/.gstreamer: pyproject.toml | debian-packages setup
-	$(BIN)/pip install --quiet -e ".[gstreamer]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[gstreamer]"
 	touch $@
 
-# The Triton and GStreamer tests must run here (MIRASOL_REQUIRE_*): what is missing fails them, not skips them.
+# The Triton and GStreamer tests must run here (MIRASOL_REQUIRE_*): what is missing fails them, not skips
+# them; so must the emulated Arm run where we are root (CI is; it needs dpkg, apt and mount).
 test: lint triton-venv debian-packages gstreamer-python
 	MIRASOL_TRITON_PYTHON=$(TRITON_VENV)/bin/python MIRASOL_REQUIRE_TRITON=1 MIRASOL_REQUIRE_GSTREAMER=1 \
-		$(BIN)/python -m pytest -q
+		MIRASOL_REQUIRE_ARM=$$([ "$$(id -u)" = 0 ] && echo 1) $(BIN)/python -m pytest -q

@@ -74,7 +74,7 @@ def _module(name: str, why: str):
 
 
 def _stats(values) -> dict:
-    from mirasol_edge.bench.stats import stats
+    from mirasol_edge.measure.stats import stats
 
     return stats(list(values))
 
@@ -356,7 +356,7 @@ def roofline(work: Path, results: Results) -> None:
         raise Skip("this torch sees no CUDA GPU")
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mirasol_edge.bench.floor import measure_ceilings
+    from mirasol_edge.measure.floor import measure_ceilings
     from mirasol_edge.toolkit.export import component_spec
 
     # Each precision against its own ceiling: fp32 matmuls do not run at the fp16 tensor-core peak.

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from decode import encode  # noqa: E402  (bench/decode.py: the clip, made by PyAV's encoders)
-from mirasol_edge.runtime import machine  # noqa: E402
-from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks  # noqa: E402
-from mirasol_edge.runtime.decode.live import decode_ahead  # noqa: E402
-from mirasol_edge.runtime.stream import MirasolEngines  # noqa: E402
-from mirasol_edge.toolkit.build import build  # noqa: E402
+from decode import encode  # bench/decode.py beside this script (a script's folder is on its path)
+from mirasol_edge.runtime import machine
+from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
+from mirasol_edge.runtime.decode.live import decode_ahead
+from mirasol_edge.runtime.stream import MirasolEngines
+from mirasol_edge.toolkit.build import build
 from mirasol_edge.toolkit.recipe import load_recipe  # noqa: E402
 
 

@@ -18,8 +18,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from mirasol_edge.bench.floor import floor_seconds, graph_cost, measure_ceilings
 from mirasol_edge.cli.build import quantization_hooks
+from mirasol_edge.measure.floor import floor_seconds, graph_cost, measure_ceilings
 from mirasol_edge.runtime import machine
 from mirasol_edge.runtime.backends.ort_backend import disabled_optimizers
 from mirasol_edge.runtime.components import contracts

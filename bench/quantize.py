@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from mirasol_edge.assets import BUNDLED_CHECKPOINT, SAMPLE_CLIP
-from mirasol_edge.bench.cli import bench
 from mirasol_edge.cli.build import quantization_hooks
 from mirasol_edge.demo.evaluate import evaluate
+from mirasol_edge.measure.cli import bench
 from mirasol_edge.runtime import machine
 from mirasol_edge.toolkit.build import build
 from mirasol_edge.toolkit.recipe import load_recipe

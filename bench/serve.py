@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mirasol_edge.bench.stats import stats
+from mirasol_edge.measure.stats import stats
 from mirasol_edge.runtime import machine
 from mirasol_edge.runtime.results import RawChunk
 from mirasol_edge.runtime.stream import MirasolEngines

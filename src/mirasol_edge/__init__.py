@@ -2,7 +2,7 @@
 
 What robot and camera software embeds (no torch needed)::
 
-    from mirasol_edge import ChunkSpec, MirasolStream, chunks
+    from mirasol_edge import MirasolStream, Stream, chunks   # serve.RemoteStream is a Stream too
 
 Packages, with dependencies pointing one way: ``runtime`` (decode, backends, stream; no torch)
 <- ``toolkit`` (model, export, build; torch) <- ``calib`` (calibration, quantization); ``demo``,
@@ -16,7 +16,8 @@ from importlib import import_module
 # name -> module; imported on first use, so `import mirasol_edge` stays cheap.
 _EXPORTS = {
     "MirasolStream": "mirasol_edge.runtime.stream",
-    "MirasolEngines": "mirasol_edge.runtime.stream",
+    "MirasolEngines": "mirasol_edge.runtime.engines",
+    "Stream": "mirasol_edge.runtime.stream_protocol",
     "ChunkResult": "mirasol_edge.runtime.stream",
     "Answer": "mirasol_edge.runtime.stream",
     "chunks": "mirasol_edge.runtime.decode.chunks",

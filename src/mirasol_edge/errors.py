@@ -10,6 +10,8 @@ One table for every command (mirasol-build, mirasol-run, mirasol-bench, mirasol-
   7  calibration or quantization
   8  a snapshot
   9  a Triton server: unreachable, refusing, or no longer holding a stream
+  10 a Triton server that is full: its maximum of open streams is reached (``ServerFull``)
+  11 access denied: a token or stream key that does not allow the request (``AccessDenied``)
 
 Anything else is a bug: the commands let it show its traceback.
 """

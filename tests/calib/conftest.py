@@ -3,7 +3,7 @@ import os
 import pytest
 
 from mirasol_edge.assets import BUNDLED_CHECKPOINT
-from mirasol_edge.toolkit.weights import load_model
+from mirasol_edge.toolkit.model import Mirasol
 
 BUNDLED = BUNDLED_CHECKPOINT
 
@@ -22,4 +22,4 @@ def calib_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundled_model():
-    return load_model(BUNDLED)
+    return Mirasol.load(BUNDLED)

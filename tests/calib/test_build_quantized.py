@@ -140,3 +140,45 @@ def test_cpu_fast_keeps_the_fastest_candidate_that_passes_and_says_why(tmp_path)
         ops = _ops(out / entry["onnx"])
         assert ("MatMulNBits" in ops) == (entry["precision"] == "int4"), (name, ops)
     assert manifest["quantization"]["ratio"] >= 0.85
+
+
+def test_a_snapshot_of_the_int8_build_continues_on_the_fp32_and_rtx_builds(int8_cpu, tmp_path):
+    """Portable snapshots: a stream half-way through a held-out clip on the int8 build is restored on
+    the fp32 build and on the rtx build's graphs (through ONNX Runtime), and answers each clip's
+    questions as an uninterrupted stream on that build does; another model's snapshot is refused."""
+    from mirasol_edge.demo.synthetic import HELDOUT_SEED, QUESTIONS, make_clip
+    from mirasol_edge.runtime.decode.chunks import chunks
+    from mirasol_edge.runtime.snapshot import SnapshotError
+
+    fp32, rtx = tmp_path / "fp32", tmp_path / "rtx"
+    build(load_recipe("cpu"), fp32, checkpoint=BUNDLED)
+    build(load_recipe("rtx"), rtx, checkpoint=BUNDLED)
+    targets = {"fp32": (fp32, "auto"), "rtx graphs": (rtx, "onnxruntime")}
+    int8 = int8_cpu[0]
+    matched = 0
+    for seed in range(HELDOUT_SEED + 500, HELDOUT_SEED + 503):  # seeds no training run used
+        clip, facts = make_clip(seed, tmp_path)
+        with MirasolStream.open(int8) as source:
+            decoded = list(chunks(clip, source.spec))
+            half = len(decoded) // 2
+            for c in decoded[:half]:
+                source.push(c)
+            source.snapshot(tmp_path / f"{seed}.state")
+        for name, (engines, backend) in targets.items():
+            with MirasolStream.open(engines, backend) as whole:
+                for c in decoded:
+                    whole.push(c)
+                want = {q: whole.ask(q).text for q in QUESTIONS.values()}
+            with MirasolStream.restore(tmp_path / f"{seed}.state", engines, backend) as moved:
+                assert moved.chunks_seen == half
+                for c in decoded[half:]:
+                    moved.push(c)
+                got = {q: moved.ask(q).text for q in QUESTIONS.values()}
+            assert got == want, (seed, name)
+            matched += sum(got[QUESTIONS[kind]] == answer for kind, answer in facts.answers().items())
+    assert matched >= 0.9 * 3 * len(targets) * len(QUESTIONS)  # and they are the clips' right answers
+    manifest = json.loads((fp32 / "manifest.json").read_text())
+    manifest["model"]["identity"] = "0" * 64  # as another model's build would have it
+    (fp32 / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SnapshotError, match="taken with another model"):
+        MirasolStream.restore(tmp_path / f"{seed}.state", fp32)

@@ -38,6 +38,7 @@ def sample_state(model):
 
 
 def test_the_bundled_model_answers_the_sample(model, sample_state):
+    assert len(SAMPLE["qa"]) == 6 and len({qa["answer"] for qa in SAMPLE["qa"]}) > 1  # six questions, not one answer
     for qa in SAMPLE["qa"]:
         assert model.answer(sample_state, qa["question"]) == qa["answer"], qa["question"]
 
@@ -48,10 +49,17 @@ def test_accuracy_on_fresh_held_out_clips(model):
     assert report["exact_match"] >= 0.85, report
 
 
-def test_a_question_outside_the_training_set_still_gets_an_answer(model, sample_state):
-    """Any text encodes (bytes), so any question gets some answer; it need not mean anything."""
-    answer = model.answer(sample_state, "¿de qué color es el cielo? 🙂")
-    assert isinstance(answer, str) and len(answer.encode()) <= model.cfg.max_answer_tokens
+def test_a_question_outside_the_training_set_is_taken_whole_and_answered_greedily(model, sample_state):
+    """Any text encodes (bytes), so any question reaches the model whole and is answered by the same
+    greedy decoding as the trained ones. What the model says need not mean anything: the bundled
+    model ends this one at once (an empty answer), as it does most questions it was not trained on."""
+    from tests.toolkit.test_model import greedy_by_full_passes
+
+    question = "¿de qué color es el cielo? 🙂"
+    assert model.tokenizer.decode(model.tokenizer.encode(question)) == question
+    answer = model.answer(sample_state, question)
+    assert answer == greedy_by_full_passes(model, sample_state, question, model.cfg.max_answer_tokens)
+    assert len(answer.encode()) <= model.cfg.max_answer_tokens
 
 
 def test_mirasol_run_on_the_sample_through_engines(tmp_path):

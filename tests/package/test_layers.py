@@ -1,4 +1,4 @@
-"""Dependencies point one way: runtime <- toolkit <- calib, with demo, bench and the commands on
+"""Dependencies point one way: runtime <- toolkit <- calib, with demo, measure (mirasol-bench) and the commands on
 top; nothing imports upward, so the runtime installs and runs without torch or the toolkit."""
 
 import ast
@@ -16,10 +16,10 @@ ALLOWED = {
     "runtime": {"errors"},
     "toolkit": {"errors", "assets", "recipes", "runtime"},
     "calib": {"errors", "assets", "runtime", "toolkit"},
-    "bench": {"errors", "console", "runtime"},
+    "measure": {"errors", "console", "runtime"},  # mirasol-bench: stages, floors, stats, reports
     "serve": {"errors", "runtime"},  # Triton: the repository, the stream model inside it, the client
     "demo": {"errors", "console", "assets", "runtime", "toolkit", "calib"},
-    "cli": {"errors", "console", "assets", "runtime", "toolkit", "calib", "demo", "bench", "serve"},
+    "cli": {"errors", "console", "assets", "runtime", "toolkit", "calib", "demo", "measure", "serve"},
 }
 
 

@@ -52,11 +52,17 @@ def test_variable_frame_rate_uses_timestamps(tmp_path):
     clip = write_clip(tmp_path / "vfr.mkv", 4.0, fps=10, vfr=True)
     times = np.cumsum(np.where(np.arange(40) % 3 == 0, 2.0, 1.0)) / 10
     times = times[times < 4.0] - times[0]
-    for c in chunks(clip, SPEC, last="drop"):
+    out = list(chunks(clip, SPEC, last="drop"))
+    assert [c.index for c in out] == [0, 1, 2, 3]  # the last frame (3.7 s) covers chunk 3's last sample (3.75 s)
+    got, by_frame_count = [], []
+    for c in out:
         for k, frame in enumerate(c.frames):
             t = c.t0 + k / SPEC.fps
+            got.append(frame_index(frame))
             expected = int(np.searchsorted(times, t + 1e-9, side="right") - 1)
-            assert frame_index(frame) == expected
+            assert got[-1] == expected, (c.index, k)
+            by_frame_count.append(int(np.floor(t * 10 + 1e-9)))  # what assuming 10 fps would pick
+    assert got != by_frame_count, "this clip's timestamps should matter"
 
 
 def onset_frame(mel: np.ndarray) -> int:
@@ -188,17 +194,19 @@ def test_ten_minutes_decode_in_order_with_flat_memory(tmp_path):
 
     clip = write_clip(tmp_path / "long.mkv", 600.0, fps=5, size=(48, 32), beeps=(590.3,))
     tracemalloc.start()
+    count = 0
     try:
         for c in chunks(clip, SPEC):
+            assert (c.index, c.t0) == (count, float(count)), "in order, none lost or repeated"
+            count += 1
             if c.index == 60:
                 early = tracemalloc.get_traced_memory()[0]
             if c.index == 590:
                 late = tracemalloc.get_traced_memory()[0]
                 beep_chunk = c
-            last = c.index
     finally:
         tracemalloc.stop()
-    assert last == 599
+    assert count == 600
     assert late - early < 256 * 1024, f"decoder memory grew by {(late - early) / 1024:.0f} KiB"
     hop_s = SPEC.hop_length / SPEC.sample_rate
     assert abs(onset_frame(beep_chunk.mel) - round(0.3 / hop_s)) <= 2  # still aligned after 10 minutes
@@ -265,7 +273,9 @@ def test_dali_mel_matches_the_models_torch_mel(tmp_path):
     assert np.abs(ours - reference).max() < 0.01  # dB; seen: 4e-5
     assert np.allclose(dali_mel(np.zeros_like(audio)), -100.0, atol=1e-3)  # same floor, pipeline reused
     clip = write_clip(tmp_path / "c.mkv", 3.0, fps=10, beeps=(1.3,))
-    for a, b in zip(chunks(clip, SPEC, mel="dali"), chunks(clip, SPEC, mel="numpy"), strict=True):
+    pairs = list(zip(chunks(clip, SPEC, mel="dali"), chunks(clip, SPEC, mel="numpy"), strict=True))
+    assert [b.index for _, b in pairs] == [0, 1, 2] and pairs[1][1].mel.max() > -30  # the beep is in chunk 1
+    for a, b in pairs:
         loud = b.mel > -80  # near the -100 dB floor float32 rounding of tiny powers differs by ~0.04 dB
         np.testing.assert_allclose(a.mel[loud], b.mel[loud], atol=0.01)
         assert np.abs(a.mel - b.mel).max() < 0.1

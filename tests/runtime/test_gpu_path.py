@@ -106,7 +106,18 @@ def test_cuda_graphs_on_and_off_give_the_same_stream(tiny_rtx_engines):
         for a, b in zip(push_all(on, 10), push_all(off, 10)):
             np.testing.assert_allclose(a.outputs, b.outputs, atol=1e-3)
         assert on.ask(QUESTION).text == off.ask(QUESTION).text
-        assert all(v for v in on.engines.backend.describe()["cuda_graphs"].values())
+        graphs_on = on.engines.backend.describe()["cuda_graphs"]
+        graphs_off = off.engines.backend.describe()["cuda_graphs"]
+        strategy = on.engines.backend.trt.CudaGraphStrategy
+        # What each execution context was created with (the runtime configs TensorRT-RTX was given):
+        strategies_on = {c.cuda_graph_strategy for c in on.engines.backend._configs.values()}
+        strategies_off = {c.cuda_graph_strategy for c in off.engines.backend._configs.values()}
+    assert strategies_on == {strategy.WHOLE_GRAPH_CAPTURE}
+    assert strategies_off and strategy.WHOLE_GRAPH_CAPTURE not in strategies_off
+    # Every runner of the one stream ran under TensorRT-RTX's own whole-graph capture, every runner
+    # of the other without it: the two streams above really were "on" and "off".
+    assert graphs_on and set(graphs_on.values()) == {"TensorRT-RTX captures (runtime cuda_graph_strategy)"}, graphs_on
+    assert set(graphs_off) == set(graphs_on) and set(graphs_off.values()) == {"CUDA graphs off"}, graphs_off
 
 
 @pytest.mark.requires_cuda

@@ -175,5 +175,9 @@ def test_decode_ahead_gives_the_same_chunks_and_the_same_errors(tmp_path):
         np.testing.assert_array_equal(a.mel, b.mel)
         assert (a.t0, a.t1, a.flags) == (b.t0, b.t1, b.flags)
     (tmp_path / "notes.mp4").write_text("not a video")
-    with pytest.raises(NotMedia, match="notes.mp4"), decode_ahead(tmp_path / "notes.mp4", SPEC) as ahead:
-        list(ahead)
+    with decode_ahead(tmp_path / "notes.mp4", SPEC) as ahead:  # opening it is not where the error is
+        with pytest.raises(NotMedia, match="notes.mp4") as raised:
+            next(ahead)
+    with pytest.raises(NotMedia) as plain_error:
+        next(chunks(tmp_path / "notes.mp4", SPEC))
+    assert str(raised.value) == str(plain_error.value)  # chunks()'s own error, word for word

@@ -57,13 +57,69 @@ def test_engines_that_break_the_contract_are_refused(copy):
         EngineDir.open(copy)
 
 
+def _resolve(shape, dims):
+    """A contract shape with its named axes (``past_len``, ``past_len+1``) at the given sizes."""
+    def size(d):
+        if isinstance(d, int):
+            return d
+        name, _, extra = d.partition("+")
+        return dims[name] + int(extra or 0)
+    return tuple(size(d) for d in shape)
+
+
+def _build_contracts(manifest):
+    """The contracts the build exported with: its model, batch and recipe's text lengths."""
+    text = manifest.recipe.get("text", {})
+    return contracts(MirasolConfig.from_dict(manifest.model["config"]), manifest.batch,
+                     text.get("max_question_tokens"), text.get("max_answer_tokens"))
+
+
 def test_the_contract_names_every_graph_tensor(tiny_engines):
+    """Every built graph takes exactly the contract's inputs and gives exactly its outputs: the
+    contract's dummy inputs (dynamic axes at their maximum) run through the real engines, and
+    what comes back has the names, dtypes and shapes the contract states."""
     manifest = load_manifest(tiny_engines)
-    for name, contract in contracts(MirasolConfig.from_dict(manifest.model["config"])).items():
-        assert [t.name for t in manifest.components[name].inputs] == contract.input_names, name
-        assert [t.name for t in manifest.components[name].outputs] == contract.output_names, name
-        dummy = contract.dummy_inputs()
-        assert list(dummy) == contract.input_names and all(isinstance(v, np.ndarray) for v in dummy.values())
+    engines = EngineDir.open(tiny_engines)
+    backend = create_backend(engines, "onnxruntime", "cpu")
+    try:
+        specs = _build_contracts(manifest)
+        assert sorted(specs) == sorted(manifest.components)
+        for name, contract in specs.items():
+            component = manifest.components[name]
+            assert [t.name for t in component.inputs] == contract.input_names, name
+            assert [t.name for t in component.outputs] == contract.output_names, name
+            dims = {d: hi for d, (_, hi) in contract.dynamic.items()}
+            dummy = contract.dummy_inputs()
+            for entry in component.inputs:  # what the build recorded, not what the contract says
+                assert dummy[entry.name].dtype == np.dtype(entry.dtype), (name, entry.name)
+                assert dummy[entry.name].shape == _resolve(entry.shape, dims), (name, entry.name)
+            runner = backend.runner(name)
+            try:
+                outputs = runner.run({k: backend.upload(v) for k, v in dummy.items()})
+                assert list(outputs) == contract.output_names, name
+                for spec in contract.outputs:
+                    got = backend.download(outputs[spec.name])
+                    assert got.dtype == np.dtype(spec.dtype), (name, spec.name)
+                    assert got.shape == _resolve(spec.shape, dims), (name, spec.name, got.shape)
+                    assert not np.isnan(got).any(), (name, spec.name)  # (-inf: a masked slot of cross_bias)
+            finally:
+                runner.close()
+    finally:
+        backend.close()
+
+
+def test_the_contracts_dynamic_ranges_are_the_built_profiles(tiny_engines):
+    """The engines' optimization profiles come from the contract's dynamic axes (ComponentContract.dynamic),
+    so the contract's dummy inputs, at those axes' maximum, are exactly the profiles' maximum shapes
+    (inputs a TensorRT engine of this build takes)."""
+    manifest = load_manifest(tiny_engines)
+    specs = _build_contracts(manifest)
+    profiled = [(name, entry) for name, c in manifest.components.items() for entry in c.inputs if entry.name in c.profiles]
+    assert {name for name, _ in profiled} == {"text_prefill", "text_decode"}
+    for name, entry in profiled:
+        profile = manifest.components[name].profiles[entry.name]
+        dummy = specs[name].dummy_inputs()[entry.name]
+        assert dummy.shape == tuple(profile["max"]), (name, entry.name, profile)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])

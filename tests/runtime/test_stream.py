@@ -80,17 +80,24 @@ def test_snapshot_and_restore_are_exact(tiny_engines, tmp_path):
     assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
 
 
-def test_restore_into_other_engines_is_refused(tiny_engines, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(tiny_engines, other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["created"] = "2000-01-01T00:00:00+00:00"  # a different build of the same files
-    (other / "manifest.json").write_text(json.dumps(manifest))
+def test_a_snapshot_restores_into_another_build_of_its_model_and_not_into_another_model(tiny_engines, tmp_path):
+    other, foreign = tmp_path / "other", tmp_path / "foreign"
+    for folder, change in ((other, {"created": "2000-01-01T00:00:00+00:00"}),  # another build, same model
+                           (foreign, {"model_identity": "f" * 64})):  # another model
+        shutil.copytree(tiny_engines, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["created"] = change.get("created", manifest["created"])
+        manifest["model"]["identity"] = change.get("model_identity", manifest["model"]["identity"])
+        (folder / "manifest.json").write_text(json.dumps(manifest))
     with MirasolStream.open(tiny_engines) as stream:
         push_all(stream, 2)
         stream.snapshot(tmp_path / "s.state")
-    with pytest.raises(SnapshotError, match="other engines"):
-        MirasolStream.restore(tmp_path / "s.state", engine_dir=other)
+        state = stream.state()
+    with MirasolStream.restore(tmp_path / "s.state", engine_dir=other) as restored:
+        assert restored.engines.dir.manifest_sha256 != stream.engines.dir.manifest_sha256
+        assert restored.chunks_seen == 2 and all(np.array_equal(v, state[k]) for k, v in restored.state().items())
+    with pytest.raises(SnapshotError, match=r"taken with another model .* run model ffffffffffff"):
+        MirasolStream.restore(tmp_path / "s.state", engine_dir=foreign)
     (tmp_path / "junk.state").write_bytes(b"not a snapshot at all")
     with MirasolStream.open(tiny_engines) as stream, pytest.raises(SnapshotError, match="junk.state"):
         stream.load_snapshot(tmp_path / "junk.state")
@@ -159,7 +166,8 @@ def test_bad_input_leaves_the_stream_usable(tiny_engines, caplog):
             long = stream.ask("why " * 40)
         assert long.truncated and "cut to the engines' maximum of 48" in caplog.text
         assert stream.ask("why " * 12 + "why").tokens == long.tokens  # 49 tokens cut to 48 == 48 tokens
-        assert stream.ask(QUESTION, max_new_tokens=3).tokens == stream.ask(QUESTION).tokens[:3]
+        full = stream.ask(QUESTION).tokens
+        assert len(full) > 3 and stream.ask(QUESTION, max_new_tokens=3).tokens == full[:3]
 
 
 def test_push_and_ask_from_two_threads(tiny_engines):

@@ -40,7 +40,7 @@ def test_configs_parse_and_agree_with_the_manifest(tiny_engines, tmp_path):
             assert set(have) == set(want), name
             for tensor in want.values():
                 dtype, dims, _ = have[tensor.name]
-                assert dtype == "TYPE_" + {"float32": "FP32", "int64": "INT64", "uint8": "UINT8"}[tensor.dtype.name]
+                assert dtype == "TYPE_" + {"float32": "FP32", "int64": "INT64", "uint8": "UINT8"}[tensor.dtype]
                 assert dims == _expected_dims(tensor.shape), (name, tensor.name)
         assert (repo / name / "1" / config.default_model_filename).is_file()
 
@@ -116,7 +116,7 @@ def test_the_command(tiny_engines, tmp_path):
                                         "--idle-seconds", "5", "--max-streams", "8"])
     assert result.exit_code == 0, result.output
     seq = read_config(tmp_path / "repo" / p.STREAM_MODEL / "config.pbtxt").sequence_batching
-    assert seq.max_sequence_idle_microseconds == 5_000_000 and seq.oldest.max_candidate_sequences == 8
+    assert seq.max_sequence_idle_microseconds == 5_000_000 and seq.oldest.max_candidate_sequences == 2 * 8 + 16
     missing = runner.invoke(build_main, ["triton", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")])
     assert missing.exit_code == 2 and "nowhere" in missing.output
 

@@ -80,7 +80,8 @@ def test_fp8_is_accepted_on_hopper():
 )
 def test_self_contradicting_recipes_are_refused(recipe, override, pattern):
     if pattern is None:  # ONNX Runtime may run on CUDA: not a contradiction
-        load_recipe(recipe, [override])
+        accepted = load_recipe(recipe, [override])
+        assert (accepted.target.backend, accepted.target.device) == ("onnxruntime", "cuda")
         return
     with pytest.raises(RecipeError, match=pattern):
         load_recipe(recipe, [override])
@@ -124,7 +125,8 @@ def test_pins_to_the_components_precision_are_accepted():
 def test_fp8_needs_compute_capability_8_9():
     with pytest.raises(RecipeError, match=r"precision\.ar_step: 'fp8' refused: compute capability 8\.6 has no FP8"):
         load_recipe("rtx", ["precision.ar_step=fp8"])
-    assert load_recipe("rtx", ["precision.ar_step=fp8", 'target.compute_capabilities=["8.9", "12.0"]'])
+    ada = load_recipe("rtx", ["precision.ar_step=fp8", 'target.compute_capabilities=["8.9", "12.0"]'])
+    assert ada.precision.ar_step == "fp8" and tuple(ada.target.compute_capabilities) == ("8.9", "12.0")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -137,7 +139,8 @@ def test_rtx_recipes_refuse_what_tensorrt_rtx_cannot_do(override, message):
 
 
 def test_version_compatibility_stays_open_to_full_tensorrt():
-    assert load_recipe("h100", ["build.version_compatible=true"]).build.version_compatible
+    assert load_recipe("h100", ["build.version_compatible=true"]).build.version_compatible is True
+    assert load_recipe("h100").build.version_compatible is False
 
 
 def test_a_precision_the_cpu_runs_slowly_is_accepted_with_its_measured_cost():

@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import pytest
@@ -23,19 +24,37 @@ def test_save_load_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.tmp")), "no temporary file left behind"
 
 
+class _Trap:
+    """Unpickling this creates ``marker``: a pickle that runs code, as a hostile checkpoint would."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
 def test_torch_save_file_is_refused_without_unpickling(tmp_path):
     model = Mirasol(small_config())
+    marker = tmp_path / "unpickled"
     path = tmp_path / "weights.pt"
-    torch.save(model.state_dict(), path)
+    torch.save({**model.state_dict(), "trap": _Trap(marker)}, path)
     with pytest.raises(CheckpointError, match="pickle.*only loads safetensors"):
         Mirasol.load(path)
+    assert not marker.exists(), "the checkpoint was unpickled"
+    torch.load(path, weights_only=False)  # the trap is armed: unpickling it does run it
+    assert marker.exists()
 
 
 def test_raw_pickle_is_refused_whatever_its_name(tmp_path):
+    marker = tmp_path / "unpickled"
     path = tmp_path / "innocent.safetensors"
-    path.write_bytes(pickle.dumps({"a": 1}))
+    path.write_bytes(pickle.dumps({"a": 1, "trap": _Trap(marker)}))
     with pytest.raises(CheckpointError, match="pickle"):
         Mirasol.load(path)
+    assert not marker.exists(), "the checkpoint was unpickled"
+    pickle.loads(path.read_bytes())
+    assert marker.exists()
 
 
 def test_checkpoint_for_another_config_names_the_tensor(tmp_path):

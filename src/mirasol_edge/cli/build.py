@@ -147,31 +147,50 @@ def engine(bundle, as_json):
         fail("mirasol-build", exc)
 
 
+def _bounded(ctx, param, value):
+    """A ``triton`` option within its bounds (serve.repository.LIMITS), or a usage error naming it."""
+    from mirasol_edge.errors import UsageError
+    from mirasol_edge.serve.repository import LIMITS, check_limit
+
+    low, high = LIMITS[param.name]
+    try:
+        check_limit(param.name, value, low, high, whole=param.name != "idle_seconds")
+    except UsageError as exc:
+        raise click.BadParameter(str(exc).split(" ", 1)[1]) from None  # click names the option itself
+    return value
+
+
 @main.command("triton")
 @click.argument("engines", type=click.Path(file_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="the model repository to write")
 @click.option("--twin", is_flag=True, help="serve the engines' ONNX from Python-backend models (CPU, no NVIDIA container)")
-@click.option("--max-streams", type=click.IntRange(min=1), default=64, show_default=True,
-              help="streams the server keeps open at once")
-@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="requests from different streams run together")
-@click.option("--idle-seconds", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="a stream with no request for this long is released")
+@click.option("--max-streams", type=int, default=64, show_default=True, callback=_bounded,
+              help="streams the server keeps open at once (1 to 4096); one more is refused (ServerFull)")
+@click.option("--max-batch", type=int, default=16, show_default=True, callback=_bounded,
+              help="requests from different streams run together (1 to 1024)")
+@click.option("--idle-seconds", type=float, default=60.0, show_default=True, callback=_bounded,
+              help="a stream with no request for this long is released (0.1 to 86400)")
 @click.option("--kind", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
               help="where the engine models run (auto: gpu for TensorRT engines)")
-def triton(engines, out, twin, max_streams, max_batch, idle_seconds, kind):
+@click.option("--access", type=click.Path(dir_okay=False),
+              help="ACCESS.toml: each client's token and the stream IDs it may open (see the README's Security); "
+                   "without it the server is single-tenant: any client may use any stream")
+def triton(engines, out, twin, max_streams, max_batch, idle_seconds, kind, access):
     """Write a Triton Inference Server model repository for ENGINES (see the README's "Serving many cameras")."""
     from mirasol_edge.serve.repository import ServeOptions, write_repository
 
     try:
         options = ServeOptions(max_streams=max_streams, max_batch=max_batch, idle_seconds=idle_seconds, kind=kind)
-        repo = write_repository(engines, out, options, twin=twin)
+        repo = write_repository(engines, out, options, twin=twin, access=access)
     except Exception as exc:
         fail("mirasol-build triton", exc)
     models = sorted(d.name for d in repo.iterdir() if (d / "config.pbtxt").is_file())
     click.echo(f"wrote {repo}: models {', '.join(models)}" + (" (CPU twin)" if twin else ""))
     click.echo(f"serve it: tritonserver --model-repository={repo.resolve()}; "
-               "stream to it: mirasol-run SOURCE --server HOST:8001")
+               "stream to it: mirasol-run SOURCE --server HOST:8001" + (" --token-file F" if access else ""))
+    if not access:
+        click.echo("no --access: a single-tenant lab setup, any client that reaches the server may open any stream",
+                   err=True)
 
 
 if __name__ == "__main__":

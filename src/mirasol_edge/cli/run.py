@@ -1,7 +1,8 @@
 """``mirasol-run``: stream a file, camera or URL through built engines and answer questions.
 
-Exit codes: 0 done; 2 bad usage, engines or backend; 3 the source cannot be decoded;
-4 a snapshot problem; 130 interrupted (a ``--snapshot`` is still written).
+Exit codes (``mirasol_edge.errors``, the README's table): 0 done; 2 bad usage, engines or backend;
+3 the source cannot be decoded; 8 a snapshot problem; 9 a Triton server; 130 interrupted (a
+``--snapshot`` is still written).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mirasol_edge.assets import SAMPLE_CLIP, SAMPLE_QUESTIONS
-from mirasol_edge.bench.stats import stats
 from mirasol_edge.console import err, fail
+from mirasol_edge.measure.stats import stats
+from mirasol_edge.runtime.backends.base import NAMES
 from mirasol_edge.runtime.decode.chunks import LIVE_PREFIXES
+from mirasol_edge.runtime.decode.types import Flags
+from mirasol_edge.runtime.results import check_question
 
 
 def _expected_chunks(source: str, chunk_seconds: float) -> int | None:
@@ -79,17 +83,17 @@ class Reporter:
             self.task = self.progress.add_task("chunks", total=total)
             self.progress.start()
 
-    def chunk(self, result, decode_ms: float) -> None:
+    def chunk(self, result, wait_ms: float) -> None:
         t = result.timings
         if self.as_json:
             click.echo(json.dumps({"event": "chunk", "index": result.index, "t0": result.t0, "t1": result.t1,
-                                   "flags": result.flags, "decode_ms": round(decode_ms, 3),
+                                   "flags": result.flags, "wait_ms": round(wait_ms, 3),
                                    "encode_ms": round(t.encode_ms, 3), "ar_ms": round(t.ar_ms, 3),
                                    "push_ms": round(t.total_ms, 3)}))
             return
-        line = (f"chunk {result.index:5d}  [{result.t0:7.2f}s, {result.t1:7.2f}s)  decode {decode_ms:7.2f} ms  "
+        line = (f"chunk {result.index:5d}  [{result.t0:7.2f}s, {result.t1:7.2f}s)  wait {wait_ms:7.2f} ms  "
                 f"push {t.total_ms:7.2f} ms (encode {t.encode_ms:.2f}, AR {t.ar_ms:.2f})")
-        if result.flags & 1:
+        if result.flags & Flags.PADDED:
             line += "  (padded: the source ended mid-chunk)"
         self.console.print(line, highlight=False)
         if self.progress:
@@ -118,13 +122,13 @@ class Reporter:
         if self.as_json:
             click.echo(json.dumps({"event": "summary", **summary}))
             return
-        push, dec = summary["push_ms"] or {}, summary["decode_ms"] or {}
+        push, wait = summary["push_ms"] or {}, summary["wait_ms"] or {}
         self.console.print(
             f"[bold]{summary['chunks']} chunks[/] ({summary['media_seconds']:.1f} s of media) in "
             f"{summary['wall_seconds']:.2f} s: {summary['realtime_factor']:.1f}x real time on "
             f"{summary['backend']['backend']} ({summary['backend']['device']})\n"
             f"push ms  p50 {push.get('p50', 0):.2f}  p99 {push.get('p99', 0):.2f}  max {push.get('max', 0):.2f}   "
-            f"decode ms  p50 {dec.get('p50', 0):.2f}  p99 {dec.get('p99', 0):.2f}"
+            f"wait for chunk ms  p50 {wait.get('p50', 0):.2f}  p99 {wait.get('p99', 0):.2f}"
             + (f"\n[bold]{summary['correct']} answers as expected[/]" if summary["correct"] else "")
             + (f"\ndropped {summary['dropped']} chunks, {summary['reconnects']} reconnects"
                if summary["dropped"] or summary["reconnects"] else ""), highlight=False)
@@ -142,7 +146,7 @@ class Reporter:
                    "the bundled sample); asked at the end, answers shown beside the expected ones")
 @click.option("--sample", is_flag=True, help="stream the bundled sample clip and ask its questions")
 @click.option("--ask-every", type=click.IntRange(min=1), help="also ask every N chunks (default: at the end only)")
-@click.option("--backend", "-b", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch"]),
+@click.option("--backend", "-b", type=click.Choice(NAMES),
               default="auto", show_default=True, help="auto runs the engines the manifest names")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto")
 @click.option("--max-chunks", type=click.IntRange(min=1), help="stop after this many chunks")
@@ -165,8 +169,18 @@ class Reporter:
 @click.option("--restore", type=click.Path(dir_okay=False), help="start from a snapshot of an earlier run")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="write the state here at the end")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines for scripts: chunk, answer and summary events")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="with --server: a file holding this client's access token (a server built with --access)")
+@click.option("--takeover", is_flag=True,
+              help="with --server: open the stream even if another client holds it (that client loses it)")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), metavar="FILE",
+              help="with --server: connect over TLS, checking the server's certificate against this CA (PEM)")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), metavar="FILE",
+              help="with --server: this client's certificate (PEM), for a server that asks for one (mutual TLS)")
+@click.option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE", help="the private key of --tls-cert (PEM)")
 def main(source, engine_dir, server, stream_id, questions, questions_file, sample, ask_every, backend, device, max_chunks,
-         last, drop, reconnects, threads, decoder, audio_source, audio_offset, restore, snapshot, as_json):
+         last, drop, reconnects, threads, decoder, audio_source, audio_offset, restore, snapshot, as_json, token_file,
+         takeover, tls_ca, tls_cert, tls_key):
     """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
     ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
 
@@ -175,11 +189,8 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
     mirasol-run clip.mp4 --engines engines/tiny-cpu --ask "what colour is the square?"
     mirasol-run rtsp://cam/stream -e engines/rtx -a "is anyone there?" --ask-every 30 --json
     mirasol-run rtsp://cam/stream --server triton:8001 --stream-id cam-7 -a "is anyone there?"
+    mirasol-run rtsp://cam/stream --server router:8443 --tls-ca ca.pem --tls-cert cam-7.pem --tls-key cam-7.key
     """
-    from mirasol_edge.runtime.decode.chunks import ChunkSpec
-    from mirasol_edge.runtime.decode.live import LiveSource, decode_ahead
-    from mirasol_edge.runtime.stream import MirasolStream
-
     stream = None
     try:
         if sample:
@@ -188,46 +199,38 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
             raise click.UsageError("give a SOURCE (a file, /dev/videoN, an rtsp:// or http:// URL) or --sample")
         expected = _load_questions(questions_file) if questions_file else {}
         questions = list(questions) + [q for q in expected if q not in questions]
+        for q in questions:  # refused before any push: an empty or over-long --ask
+            check_question(q, "--ask question")
         if ask_every and not questions:
             raise click.UsageError("--ask-every needs at least one --ask")
         if (engine_dir is None) == (server is None):
             raise click.UsageError("give --engines (run here) or --server (run on a Triton server), one of them")
         live_source = source.startswith(LIVE_PREFIXES) or drop not in (None, "none")
-        if server:
-            from mirasol_edge.serve.client import RemoteStream
+        remote = {"token": _read_token(token_file), "takeover": takeover}  # RemoteStream's own options
+        if tls_ca or tls_cert or tls_key:  # the files are checked here, before anything connects
+            if not server:
+                raise click.UsageError("--tls-ca, --tls-cert and --tls-key go with --server")
+            from mirasol_edge.serve.tls import ClientTLS
 
-            stream = RemoteStream.restore(restore, server, stream_id) if restore else RemoteStream(server, stream_id)
-            config, backend_info = stream.config, stream.describe()
-        else:
-            options = _cpu_threads(engine_dir, backend, device, threads, decoding_ahead=not live_source)
-            stream = (MirasolStream.restore(restore, engine_dir, backend, device, **options) if restore
-                      else MirasolStream.open(engine_dir, backend, device, **options))
-            config, backend_info = stream.engines.dir.config, stream.engines.backend.describe()
-        spec = ChunkSpec.from_config(config)
-        reporter = Reporter(as_json, None if max_chunks else _expected_chunks(source, spec.chunk_seconds))
-        push_ms, decode_ms, media = [], [], 0.0
-        start = time.perf_counter()
-        tick = start
+            remote["tls"] = ClientTLS(tls_ca, tls_cert, tls_key)
+        stream, backend_info = _open_stream(engine_dir, server, stream_id, restore, backend, device,
+                                            _cpu_threads(engine_dir, backend, device, threads, not live_source)
+                                            if engine_dir else {}, remote)
+        reporter = Reporter(as_json, None if max_chunks else _expected_chunks(source, stream.spec.chunk_seconds))
+        decode = dict(last=last, decoder=decoder, audio=audio_source, audio_offset=audio_offset)
         if live_source:
-            live = LiveSource(source, spec, drop=drop or "oldest", max_reconnects=reconnects, last=last,
-                              reconnect_on_end=source.startswith(LIVE_PREFIXES), decoder=decoder, audio=audio_source,
-                              audio_offset=audio_offset)
+            from mirasol_edge.runtime.decode.live import LiveSource
+
+            chunks = LiveSource(source, stream.spec, drop=drop or "oldest", max_reconnects=reconnects,
+                                reconnect_on_end=source.startswith(LIVE_PREFIXES), **decode)
         else:  # a file: the next chunk decodes on its own thread while this one runs
-            live = decode_ahead(source, spec, last=last, decoder=decoder, audio=audio_source, audio_offset=audio_offset)
-        for chunk in live:
-            got = time.perf_counter()
-            result = stream.push(chunk)
-            decode_ms.append((got - tick) * 1e3)
-            push_ms.append(result.timings.total_ms)
-            media += chunk.t1 - chunk.t0
-            reporter.chunk(result, decode_ms[-1])
-            if ask_every and stream.chunks_seen % ask_every == 0:
-                for q in questions:
-                    reporter.answer(q, stream.ask(q))
-            if max_chunks and len(push_ms) >= max_chunks:
-                break
-            tick = time.perf_counter()
-        wall = time.perf_counter() - start
+            from mirasol_edge.runtime.decode.live import decode_ahead
+
+            chunks = decode_ahead(source, stream.spec, **decode)
+        try:
+            run = _push_all(stream, chunks, reporter, questions, ask_every, max_chunks)
+        finally:
+            chunks.close()
         correct = 0
         for q in questions:
             answer = stream.ask(q)
@@ -235,16 +238,9 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
             reporter.answer(q, answer, expected.get(q))
         if snapshot:
             stream.snapshot(snapshot)
-        reporter.summary({"source": source, "engines": engine_dir or server, "chunks": len(push_ms),
-                          "media_seconds": round(media, 3), "wall_seconds": round(wall, 3),
-                          "realtime_factor": round(media / wall, 2) if wall else None,
-                          "push_ms": stats(push_ms), "decode_ms": stats(decode_ms),
-                          "backend": backend_info, "snapshot": snapshot,
-                          "correct": f"{correct}/{len(expected)}" if expected else None,
-                          "dropped": live.stats.dropped if live else 0,
-                          "reconnects": live.stats.reconnects if live else 0})
-        if live is not None:
-            live.close()
+        reporter.summary({"source": source, "engines": engine_dir or server, **run, "backend": backend_info,
+                          "snapshot": snapshot, "correct": f"{correct}/{len(expected)}" if expected else None,
+                          "dropped": chunks.stats.dropped, "reconnects": chunks.stats.reconnects})
     except click.UsageError:
         raise
     except KeyboardInterrupt:
@@ -258,6 +254,58 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
         if stream is not None:
             stream.close()
 
+
+def _read_token(path: str | None) -> str | None:
+    """The token in ``--token-file`` (its first line), read before anything connects."""
+    if path is None:
+        return None
+    try:
+        token = open(path, encoding="utf-8").readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"--token-file {path}: cannot read it ({exc})") from None
+    if not token:
+        raise click.UsageError(f"--token-file {path}: empty; it holds the token of the server's access file")
+    return token
+
+
+def _open_stream(engine_dir, server, stream_id, restore, backend, device, options, remote: dict):
+    """The stream (here, or on a Triton server; the same ``Stream`` protocol) and what runs it."""
+    if server:
+        from mirasol_edge.serve.client import RemoteStream
+
+        stream = (RemoteStream.restore(restore, server, stream_id, **remote) if restore
+                  else RemoteStream(server, stream_id, **remote))
+        return stream, stream.describe()
+    from mirasol_edge.runtime.stream import MirasolStream
+
+    stream = (MirasolStream.restore(restore, engine_dir, backend, device, **options) if restore
+              else MirasolStream.open(engine_dir, backend, device, **options))
+    return stream, stream.engines.backend.describe()
+
+
+def _push_all(stream, chunks, reporter: Reporter, questions: list[str], ask_every: int | None,
+              max_chunks: int | None) -> dict:
+    """Every chunk pushed (and asked about every ``ask_every``); the run's numbers. ``wait_ms`` is
+    how long the loop waited for each chunk: the decoder's time when decoding is the bottleneck,
+    next to nothing while a file decodes ahead on its own thread."""
+    push_ms, wait_ms, media = [], [], 0.0
+    start = tick = time.perf_counter()
+    for chunk in chunks:
+        wait_ms.append((time.perf_counter() - tick) * 1e3)
+        result = stream.push(chunk)
+        push_ms.append(result.timings.total_ms)
+        media += chunk.t1 - chunk.t0
+        reporter.chunk(result, wait_ms[-1])
+        if ask_every and stream.chunks_seen % ask_every == 0:
+            for q in questions:
+                reporter.answer(q, stream.ask(q))
+        if max_chunks and len(push_ms) >= max_chunks:
+            break
+        tick = time.perf_counter()
+    wall = time.perf_counter() - start
+    return {"chunks": len(push_ms), "media_seconds": round(media, 3), "wall_seconds": round(wall, 3),
+            "realtime_factor": round(media / wall, 2) if wall else None,
+            "push_ms": stats(push_ms), "wait_ms": stats(wait_ms)}
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from mirasol_edge.runtime.backends.base import NAMES
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
 from mirasol_edge.runtime.stream import MirasolEngines
 
@@ -63,7 +64,7 @@ def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str
 @click.option("--clips", type=click.IntRange(min=1), default=50, show_default=True, help="held-out clips")
 @click.option("--seed", type=int, default=HELDOUT_SEED, show_default=True, help="seed of the first clip")
 @click.option("--backend", "-b", default="auto", show_default=True,
-              type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch"]))
+              type=click.Choice(NAMES))
 @click.option("--json", "as_json", is_flag=True, help="print a JSON report")
 def main(engine_dirs, clips, seed, backend, as_json):
     """Accuracy per question type of the synthetic audio-video QA task, answered through the runtime."""

@@ -44,9 +44,15 @@ def kv_names(prefix: str, depth: int) -> list[str]:
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One tensor of a graph: the contract's, the manifest's record of a built one, an opened one's."""
+
     name: str
     dtype: str  # numpy name: float32, int64
     shape: tuple[int | str, ...]  # a str is a named dynamic axis
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
 
     def example(self, rng: np.random.Generator, dims: dict[str, int]) -> np.ndarray:
         shape = tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
@@ -66,6 +72,10 @@ class ComponentContract:
     dynamic: dict[str, tuple[int, int]] = field(default_factory=dict)
     # stream state carried by this component: state name -> (input, output)
     state: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # inputs that read the stream's state without changing it: input -> state name
+    from_state: dict[str, str] = field(default_factory=dict)
+    # inputs fed by the text step before (the prefill, then each decode step): input -> its output
+    from_previous: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -99,9 +109,20 @@ def state_shapes(cfg: MirasolConfig, batch: int = 1) -> dict[str, tuple[tuple[in
     return shapes
 
 
-def contracts(cfg: MirasolConfig, batch: int = 1) -> dict[str, ComponentContract]:
-    """The four components' contracts for a model of ``cfg`` serving ``batch`` streams at once."""
+def text_bounds(max_question_tokens: int, max_answer_tokens: int) -> dict[str, tuple[int, int]]:
+    """The text lengths' (min, max): a prompt is ``[BOS] question [SEP]``; a decode step's past is
+    the prompt and the answer so far (the last of ``max_answer_tokens`` is never fed back)."""
+    prompt = max_question_tokens + 2
+    return {PROMPT_LEN: (2, prompt), PAST_LEN: (2, prompt + max_answer_tokens - 1)}
+
+
+def contracts(cfg: MirasolConfig, batch: int = 1, max_question_tokens: int | None = None,
+              max_answer_tokens: int | None = None) -> dict[str, ComponentContract]:
+    """The four components' contracts for a model of ``cfg`` serving ``batch`` streams at once;
+    the text lengths are the build's (its recipe may ask for less than the model allows), and
+    from them come both the graphs' dynamic axes and the engines' optimization profiles."""
     b, m, ring = batch, cfg.latents_per_chunk, cfg.window_chunks * cfg.latents_per_chunk
+    bounds = text_bounds(max_question_tokens or cfg.max_question_tokens, max_answer_tokens or cfg.max_answer_tokens)
     state = state_shapes(cfg, batch)
 
     def carried(names: list[str]) -> tuple[list[TensorSpec], list[TensorSpec], dict]:
@@ -129,10 +150,12 @@ def contracts(cfg: MirasolConfig, batch: int = 1) -> dict[str, ComponentContract
         "text_prefill",
         (_t("tokens", (1, PROMPT_LEN), "int64"), _t("context", (1, ring, cfg.ar_width)), _t("pos", (1,), "int64")),
         (logits, *[_t(n, (1, th, PROMPT_LEN, dt)) for n in kv_names("present", depth)], *cross, bias),
-        {PROMPT_LEN: (2, cfg.max_question_tokens + 2)})
+        {PROMPT_LEN: bounds[PROMPT_LEN]}, from_state={"context": "context", "pos": "pos"})
     decode = ComponentContract(
         "text_decode",
         (_t("token", (1, 1), "int64"), *[_t(n, (1, th, PAST_LEN, dt)) for n in kv_names("past", depth)], *cross, bias),
         (logits, *[_t(n, (1, th, PAST_LEN + "+1", dt)) for n in kv_names("present", depth)]),
-        {PAST_LEN: (2, cfg.max_text_tokens - 1)})
+        {PAST_LEN: bounds[PAST_LEN]},
+        from_previous={**dict(zip(kv_names("past", depth), kv_names("present", depth))),
+                       **{n: n for n in kv_names("cross", depth)}, "cross_bias": "cross_bias"})
     return {c.name: c for c in (encoder, ar, prefill, decode)}

@@ -12,18 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .components import COMPONENTS, contracts
+from .components import COMPONENTS, TensorSpec, contracts
 from .config import MirasolConfig
 from .files import sha256_file
-from .manifest import MANIFEST, Component, Manifest, ManifestError, load_manifest, verify_file
+from .manifest import MANIFEST, Component, Manifest, ManifestError, load_manifest, model_identity, verify_file
 from .tokenizer import ByteTokenizer, Tokenizer
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | str, ...]  # a str is a named dynamic axis (prompt_len, past_len)
 
 
 @dataclass(frozen=True)
@@ -31,8 +24,8 @@ class ComponentInfo:
     name: str
     engine: Path | None  # the backend's engine file (None for a bundle)
     onnx: Path
-    inputs: dict[str, TensorInfo]
-    outputs: dict[str, TensorInfo]
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
     precision: str
 
 
@@ -49,7 +42,9 @@ def _check_contract(manifest: Manifest, where: Path) -> None:
         cfg = MirasolConfig.from_dict(manifest.model["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"{where}: model.config is not a Mirasol config ({exc})") from None
-    for name, contract in contracts(cfg, manifest.batch).items():
+    text = manifest.recipe.get("text", {})
+    for name, contract in contracts(cfg, manifest.batch, text.get("max_question_tokens"),
+                                    text.get("max_answer_tokens")).items():
         entry = manifest.components[name]
         for kind, have, want in (("inputs", entry.inputs, contract.input_names),
                                  ("outputs", entry.outputs, contract.output_names)):
@@ -60,8 +55,8 @@ def _check_contract(manifest: Manifest, where: Path) -> None:
                                     f"(missing {missing}, unexpected {extra}); rebuild with this version")
 
 
-def _tensors(entries) -> dict[str, TensorInfo]:
-    return {e.name: TensorInfo(e.name, np.dtype(e.dtype), e.shape) for e in entries}
+def tensors_by_name(entries) -> dict[str, TensorSpec]:
+    return {e.name: e for e in entries}
 
 
 @dataclass(frozen=True)
@@ -82,6 +77,12 @@ class EngineDir:
     @property
     def config(self) -> dict:
         return self.manifest.model["config"]
+
+    @property
+    def model_identity(self) -> str:
+        """The model this build runs (``manifest.model_identity``): recorded by the build, worked out
+        here for builds from before it was."""
+        return self.manifest.model.get("identity") or model_identity(self.manifest.model, self.manifest.state.tensors)
 
     @property
     def batch(self) -> int:
@@ -107,11 +108,15 @@ class EngineDir:
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """The state of a fresh stream (batch 1), checked against its sha256."""
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         entry = self.manifest.state
         path = verify_file(self.path, entry.file, entry.sha256, "initial state")
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ManifestError(f"{path}: the initial state is not a safetensors file ({exc})") from None
 
     @classmethod
     def open(cls, path: str | Path, use_onnx: bool = False, component_files: bool = True) -> EngineDir:
@@ -143,6 +148,6 @@ class EngineDir:
                 if not entry.engine or not entry.engine_sha256:
                     raise ManifestError(f"{where}: components.{name} has no engine")
                 engine = verify_file(path, entry.engine, entry.engine_sha256, f"{name} engine")
-            components[name] = ComponentInfo(name, engine, path / entry.onnx, _tensors(entry.inputs),
-                                              _tensors(entry.outputs), entry.precision)
+            components[name] = ComponentInfo(name, engine, path / entry.onnx, tensors_by_name(entry.inputs),
+                                              tensors_by_name(entry.outputs), entry.precision)
         return cls(path, manifest, sha256_file(where), components)

@@ -1,6 +1,7 @@
 """Serving many streams on Triton Inference Server: the model repository, the stateful stream
 model that runs inside it, and ``RemoteStream``, the client with the stream API."""
 
-from .client import RemoteStream, ServerError, StreamLost
+from .access import AccessDenied
+from .client import RemoteStream, ServerError, ServerFull, StreamLost
 
-__all__ = ["RemoteStream", "ServerError", "StreamLost"]
+__all__ = ["AccessDenied", "RemoteStream", "ServerError", "ServerFull", "StreamLost"]

@@ -7,6 +7,12 @@ default ``.venv-triton/bin/python``) with nvidia-pytriton, numpy < 2 (the backen
 numpy: with numpy 2 outputs came back empty) and mirasol-edge installed. Two more things the
 stub needs, found the hard way: that interpreter's libpython on ``LD_LIBRARY_PATH``, and its
 bin folder first on ``PATH``.
+
+Triton's security is opt-in, so this server is locked down by default: every endpoint (gRPC,
+HTTP) binds 127.0.0.1 unless ``host`` says otherwise, metrics are off, and the repository is
+fixed (``--model-control-mode=none``). ``tls`` (``ServerTLS``) puts gRPC on TLS or mutual TLS;
+``restricted`` (``Restricted``) makes API groups need a shared header value, as the deploy files do
+for the admin endpoints.
 """
 
 from __future__ import annotations
@@ -20,9 +26,16 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from mirasol_edge.errors import MirasolError
+from mirasol_edge.errors import MirasolError, UsageError
+
+from .tls import ServerTLS
+
+__all__ = ["ADMIN_GROUPS", "GRPC_HEADER_PREFIX", "GROUPS", "LocalServerError", "LocalTriton", "Restricted", "ServerTLS",
+           "free_port", "server_python"]
 
 DEFAULT_PYTHON = Path(".venv-triton/bin/python")
 _PROBE = """import json, sys, sysconfig, pathlib, pytriton
@@ -31,8 +44,48 @@ print(json.dumps({"dist": str(root / "tritonserver"), "libs": str(root.parent / 
                   "version": "%d.%d" % sys.version_info[:2], "libdir": sysconfig.get_config_var("LIBDIR")}))"""
 
 
+# Triton 2.51's API groups (--grpc-restricted-protocol, --http-restricted-api).
+GROUPS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
+          "trace", "logging")
+# What only an operator should reach. RemoteStream uses inference and model-config (its open
+# reads the stream model's config), a router's and Kubernetes' probes use health: those stay open.
+ADMIN_GROUPS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton prepends it to a restricted key on gRPC (measured, 2.51)
+
+
 class LocalServerError(MirasolError, RuntimeError):
     exit_code = 9
+
+
+@dataclass(frozen=True)
+class Restricted:
+    """API groups that answer only requests carrying the header ``value`` (one shared secret, not per
+    client): tritonserver's ``--grpc-restricted-protocol`` and ``--http-restricted-api``, whose syntax
+    is ``<group>,<group>:<key>=<value>``. Over HTTP the header is ``key`` itself; over gRPC Triton 2.51
+    expects ``triton-grpc-protocol-<key>`` (``grpc_header``). Refusals: HTTP 403, gRPC UNAVAILABLE
+    "This protocol is restricted"."""
+
+    value: str
+    header: str = "triton-admin-key"
+    groups: tuple[str, ...] = ADMIN_GROUPS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "groups", tuple(self.groups))
+        unknown = sorted(set(self.groups) - set(GROUPS))
+        if unknown or not self.groups:
+            raise UsageError(f"restricted groups {unknown or '(none)'}: choose from {', '.join(GROUPS)}")
+        if not self.header or any(c in self.header for c in ":=, ") or self.header != self.header.lower():
+            raise UsageError(f"restricted header {self.header!r}: a lower-case header name without ':', '=', ',' or spaces")
+        if not self.value or any(c.isspace() for c in self.value):
+            raise UsageError("the restricted header's value is empty or has spaces")
+
+    @property
+    def grpc_header(self) -> str:
+        return GRPC_HEADER_PREFIX + self.header
+
+    def args(self) -> list[str]:
+        spec = f"{','.join(self.groups)}:{self.header}={self.value}"
+        return [f"--grpc-restricted-protocol={spec}", f"--http-restricted-api={spec}"]
 
 
 def server_python() -> Path | None:
@@ -49,8 +102,16 @@ def free_port() -> int:
 
 
 class LocalTriton:
-    def __init__(self, repo: str | Path, python: str | Path | None = None) -> None:
+    """``host``: the address every endpoint binds (127.0.0.1: this machine only). ``tls``: gRPC over
+    TLS (mutual with ``ServerTLS.client_ca``). ``restricted``: groups behind a header value (one
+    ``Restricted`` or several). ``args``: more tritonserver flags, appended."""
+
+    def __init__(self, repo: str | Path, python: str | Path | None = None, *, host: str = "127.0.0.1",
+                 tls: ServerTLS | None = None, restricted: Restricted | Sequence[Restricted] = (),
+                 args: Sequence[str] = ()) -> None:
         self.repo = Path(repo).resolve()
+        self.host, self.tls, self.extra_args = host, tls, list(args)
+        self.restricted = [restricted] if isinstance(restricted, Restricted) else list(restricted)
         python = Path(python) if python else server_python()
         if python is None:
             raise LocalServerError(f"no server Python: set MIRASOL_TRITON_PYTHON or create {DEFAULT_PYTHON} "
@@ -63,7 +124,10 @@ class LocalTriton:
 
     @property
     def url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        """Where clients connect (gRPC): ``localhost`` for a loopback or wildcard bind, so a
+        certificate for localhost matches; else the bound address."""
+        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost") else self.host
+        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
     def __enter__(self) -> LocalTriton:
         return self.start()
@@ -87,25 +151,36 @@ class LocalTriton:
         env["LD_LIBRARY_PATH"] = ":".join(filter(None, [info["libdir"], info["libs"], env.get("LD_LIBRARY_PATH")]))
         if not self.grpc_port:  # a restart keeps its ports, as a real server behind a fixed address would
             self.grpc_port, self.http_port = free_port(), free_port()
-        command = [str(server / "bin" / "tritonserver"), f"--model-repository={self.repo}",
-                   f"--backend-directory={server / 'backends'}", f"--cache-directory={server / 'caches'}",
-                   f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}", "--allow-metrics=false",
-                   "--exit-timeout-secs=5"]
+        command = [str(server / "bin" / "tritonserver"), *self.flags(),
+                   f"--backend-directory={server / 'backends'}", f"--cache-directory={server / 'caches'}"]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
         self._wait_ready(timeout_s)
         return self
 
+    def flags(self) -> list[str]:
+        """tritonserver's flags for this server (the binary's own folders aside)."""
+        flags = [f"--model-repository={self.repo}", "--model-control-mode=none", f"--grpc-address={self.host}",
+                 f"--grpc-port={self.grpc_port}", f"--http-address={self.host}", f"--http-port={self.http_port}",
+                 "--allow-metrics=false", "--exit-timeout-secs=5"]
+        if self.tls:
+            flags += self.tls.args()
+        for restricted in self.restricted:
+            flags += restricted.args()
+        return flags + self.extra_args
+
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "localhost") else "::1" if self.host == "::" else self.host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{self.http_port}/v2/health/ready"
+        headers = {r.header: r.value for r in self.restricted if "health" in r.groups}
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise LocalServerError(f"tritonserver exited ({self.process.returncode}) while loading {self.repo}:\n"
                                        + self.log_tail())
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:

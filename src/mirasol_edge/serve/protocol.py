@@ -21,19 +21,29 @@ QUESTION = "QUESTION"  # STRING [1]
 MAX_TOKENS = "MAX_TOKENS"  # INT32 [1]; 0 = the engines' limit
 SNAPSHOT_IN = "SNAPSHOT_IN"  # STRING [1]: snapshot bytes, for restore
 START, END = "START", "END"  # sequence controls, filled in by Triton's sequence batcher
+STREAM_ID = "STREAM_ID"  # STRING [1]: the stream's name; its hash must be the correlation ID
+TOKEN = "TOKEN"  # STRING [1]: the client's access token (servers built with an access file)
+STREAM_KEY = "STREAM_KEY"  # STRING [1]: the key the server minted when the stream opened
+TAKEOVER = "TAKEOVER"  # BOOL [1]: START replaces a stream another client holds (if this one may open it)
 
 OUTPUTS = "OUTPUTS"  # FP32 [m, d]: the AR step's outputs for the chunk
 CHUNK_INDEX = "CHUNK_INDEX"  # INT64 [1]: which chunk of the stream that was
 TIMINGS = "TIMINGS"  # FP64 [4]: upload, encode, AR, total ms on the server
 ANSWER = "ANSWER"  # STRING [1]: the Answer as JSON
 SNAPSHOT_OUT = "SNAPSHOT_OUT"  # STRING [1]: snapshot bytes
+STREAM_KEY_OUT = "STREAM_KEY_OUT"  # STRING [1]: the stream's key, in every answer to its holder
 
-OUTPUTS_OF = {"push": (OUTPUTS, CHUNK_INDEX, TIMINGS), "ask": (ANSWER,), "snapshot": (SNAPSHOT_OUT,),
-              "restore": (CHUNK_INDEX,), "close": (CHUNK_INDEX,)}
+OUTPUTS_OF = {"push": (OUTPUTS, CHUNK_INDEX, TIMINGS, STREAM_KEY_OUT), "ask": (ANSWER, STREAM_KEY_OUT),
+              "snapshot": (SNAPSHOT_OUT, STREAM_KEY_OUT), "restore": (CHUNK_INDEX, STREAM_KEY_OUT),
+              "close": (CHUNK_INDEX, STREAM_KEY_OUT)}
 
 # How the stream model says a stream's state is gone (idle release, close, restart); the client
 # turns it (and Triton's own "must specify the START flag") into StreamLost.
 NOT_OPEN = "is not open on this server"
+# How it refuses a new stream when it holds its maximum (``max_streams``); the client raises ServerFull.
+FULL = "server is full"
+# How it refuses a request its client may not make (the client raises AccessDenied).
+DENIED = "access denied"
 MODEL_CONFIG = "model_config"  # the stream model's parameter: the Mirasol config, as JSON
 
 # Routers pin a stream to a server by this gRPC header (its value is the stream ID).
@@ -49,6 +59,11 @@ def sequence_id(stream_id: str | int) -> int:
         return stream_id
     digest = hashlib.sha256(str(stream_id).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1 or 1
+
+
+def stream_name(stream_id: str | int) -> str:
+    """What a request sends as ``STREAM_ID``: the name, or ``#N`` for an integer ID."""
+    return f"#{stream_id}" if isinstance(stream_id, int) else str(stream_id)
 
 
 def strings(value: str | bytes) -> np.ndarray:

@@ -30,6 +30,7 @@ from mirasol_edge.runtime.files import write_json_atomic
 from mirasol_edge.runtime.manifest import MANIFEST
 
 from . import protocol as p
+from .access import ACCESS_FILE, Client, access_json, read_access_file
 
 MARKER = "mirasol-repository.json"  # what we wrote, so a rebuild may replace it
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -41,22 +42,52 @@ class RepositoryError(MirasolError, ValueError):
     exit_code = 2
 
 
+# Each option's bounds, by its command-line name: one home for mirasol-build triton and ServeOptions.
+LIMITS = {"max_streams": (1, 4096), "max_batch": (1, 1024), "idle_seconds": (0.1, 86400.0),
+          "queue_delay_us": (0, 1_000_000)}
+
+
 @dataclass(frozen=True)
 class ServeOptions:
-    max_streams: int = 64  # sequences the batcher keeps open at once (per instance)
+    max_streams: int = 64  # streams the stream model holds at once; a START beyond is refused (ServerFull)
     max_batch: int = 16  # requests from different streams run in one execute
     idle_seconds: float = 60.0  # a stream with no request for this long is released
     queue_delay_us: int = 2000  # how long the batcher waits to fill a batch
     kind: str = "auto"  # where the engines run: gpu, cpu, or auto (gpu for TensorRT engines)
 
+    def __post_init__(self) -> None:
+        for name, (low, high) in LIMITS.items():
+            check_limit(name, getattr(self, name), low, high, whole=name != "idle_seconds")
+
+    @property
+    def candidate_sequences(self) -> int:
+        """The batcher's sequence slots: room beyond ``max_streams`` for STARTs the stream model
+        refuses (a refused client ends its sequence at once; one that doesn't holds a slot until
+        the idle timeout), so a full server answers ServerFull instead of leaving a START waiting."""
+        return 2 * self.max_streams + 16
+
+
+def check_limit(name: str, value, low: float, high: float, whole: bool = True) -> None:
+    """``value`` within [low, high] (a whole number where ``whole``), or a UsageError naming the option."""
+    option = "--" + name.replace("_", "-")
+    if whole and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UsageError(f"{option} must be a whole number from {low:g} to {high:g}, got {value!r}")
+    if not whole and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UsageError(f"{option} must be a number from {low:g} to {high:g}, got {value!r}")
+    if not low <= value <= high:  # NaN fails this too
+        raise UsageError(f"{option} must be from {low:g} to {high:g}, got {value:g}"
+                         if isinstance(value, float) else f"{option} must be from {low} to {high}, got {value}")
+
 
 def write_repository(engine_dir: str | Path, out: str | Path, options: ServeOptions = ServeOptions(),
-                     twin: bool = False) -> Path:
-    """Write REPO from ENGINES; the whole folder appears at once (written beside, then renamed)."""
+                     twin: bool = False, access: str | Path | None = None) -> Path:
+    """Write REPO from ENGINES; the whole folder appears at once (written beside, then renamed).
+    ``access``: an ACCESS.toml (``serve.access``); without one the server is single-tenant."""
     try:
         from tritonclient.grpc import model_config_pb2 as mc
     except ImportError:
         raise RepositoryError("writing a Triton repository needs tritonclient: pip install 'mirasol-edge[serve]'") from None
+    clients = read_access_file(access) if access is not None else None  # checked before any work
     engines = EngineDir.open(engine_dir)
     backend = engines.backend
     if not twin and backend not in PLATFORMS:
@@ -73,7 +104,7 @@ def write_repository(engine_dir: str | Path, out: str | Path, options: ServeOpti
     try:
         for name in COMPONENTS:
             _write_engine_model(mc, tmp / name, engines, name, twin, kind)
-        _write_stream_model(mc, tmp / p.STREAM_MODEL, engines, options, kind)
+        _write_stream_model(mc, tmp / p.STREAM_MODEL, engines, options, kind, clients)
         written = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
         write_json_atomic(tmp / MARKER, {"engines": str(Path(engine_dir).resolve()), "twin": twin,
                                          "manifest_sha256": engines.manifest_sha256, "kind": kind,
@@ -109,10 +140,18 @@ def _our_files(out: Path) -> set[str] | None:
     ours = set(files)
     for model in (*COMPONENTS, p.STREAM_MODEL):
         for f in sorted((out / model).rglob("*")) if (out / model).is_dir() else ():
-            if f.is_file() and str(f.relative_to(out)) not in ours:
+            if _compiled_model_py(f.relative_to(out), ours):
+                ours.add(str(f.relative_to(out)))  # Python compiled the model.py we wrote when Triton loaded it
+            elif f.is_file() and str(f.relative_to(out)) not in ours:
                 raise RepositoryError(f"{f}: not written by mirasol-build, inside the model folder it would replace; "
                                       "move it out first")
     return ours
+
+
+def _compiled_model_py(rel: Path, ours: set[str]) -> bool:
+    """``rel`` is ``MODEL/1/__pycache__/model.*.pyc`` beside a ``model.py`` this tool wrote."""
+    return (rel.parent.name == "__pycache__" and rel.name.startswith("model.") and rel.suffix == ".pyc"
+            and str(rel.parent.parent / "model.py") in ours)
 
 
 def _replace_our_models(new: Path, out: Path, previous: set[str]) -> None:
@@ -183,11 +222,12 @@ def _write_engine_model(mc, folder: Path, engines: EngineDir, name: str, twin: b
     _write_config(mc, folder, config)
 
 
-def _write_stream_model(mc, folder: Path, engines: EngineDir, options: ServeOptions, kind: str) -> None:
+def _write_stream_model(mc, folder: Path, engines: EngineDir, options: ServeOptions, kind: str,
+                        access: list[Client] | None) -> None:
     config = mc.ModelConfig(name=p.STREAM_MODEL, backend="python", max_batch_size=options.max_batch)
     seq = config.sequence_batching
     seq.max_sequence_idle_microseconds = int(options.idle_seconds * 1e6)
-    seq.oldest.max_candidate_sequences = options.max_streams
+    seq.oldest.max_candidate_sequences = options.candidate_sequences
     seq.oldest.max_queue_delay_microseconds = options.queue_delay_us
     for control, kind_name in ((p.START, "CONTROL_SEQUENCE_START"), (p.END, "CONTROL_SEQUENCE_END")):
         entry = seq.control_input.add(name=control)
@@ -202,14 +242,19 @@ def _write_stream_model(mc, folder: Path, engines: EngineDir, options: ServeOpti
     _tensor(mc, config.input, p.QUESTION, "TYPE_STRING", [1], optional=True)
     _tensor(mc, config.input, p.MAX_TOKENS, "TYPE_INT32", [1], optional=True)
     _tensor(mc, config.input, p.SNAPSHOT_IN, "TYPE_STRING", [1], optional=True)
+    for name in (p.STREAM_ID, p.TOKEN, p.STREAM_KEY):
+        _tensor(mc, config.input, name, "TYPE_STRING", [1], optional=True)
+    _tensor(mc, config.input, p.TAKEOVER, "TYPE_BOOL", [1], optional=True)
     outputs = engines.components["ar_step"].outputs["outputs"]
     _tensor(mc, config.output, p.OUTPUTS, triton_type(outputs.dtype), _dims(outputs.shape[1:]))
     _tensor(mc, config.output, p.CHUNK_INDEX, "TYPE_INT64", [1])
     _tensor(mc, config.output, p.TIMINGS, "TYPE_FP64", [4])
     _tensor(mc, config.output, p.ANSWER, "TYPE_STRING", [1])
     _tensor(mc, config.output, p.SNAPSHOT_OUT, "TYPE_STRING", [1])
+    _tensor(mc, config.output, p.STREAM_KEY_OUT, "TYPE_STRING", [1])
     config.parameters[p.MODEL_CONFIG].string_value = json.dumps(engines.config)
     config.parameters["idle_seconds"].string_value = str(options.idle_seconds)
+    config.parameters["max_streams"].string_value = str(options.max_streams)
     config.parameters["state_memory"].string_value = kind  # where the state tensors live between requests
     # One instance holds every stream: the oldest strategy keeps a sequence on one instance.
     _instances(mc, config, "cpu")
@@ -219,6 +264,8 @@ def _write_stream_model(mc, folder: Path, engines: EngineDir, options: ServeOpti
     # files live in the engine models' folders.
     shutil.copy2(engines.path / MANIFEST, version / "engines" / MANIFEST)
     shutil.copy2(engines.path / engines.manifest.state.file, version / "engines" / engines.manifest.state.file)
+    if access is not None:  # salted hashes only: the tokens never reach the repository
+        write_json_atomic(version / ACCESS_FILE, access_json(access))
     (version / "model.py").write_text("from mirasol_edge.serve.stream_model import TritonPythonModel  # noqa: F401\n")
     _write_config(mc, folder, config)
 

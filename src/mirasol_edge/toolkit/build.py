@@ -36,6 +36,7 @@ from mirasol_edge.runtime.manifest import (
     StateEntry,
     TargetEntry,
     component_from_dict,
+    model_identity,
 )
 
 from .cache import build_key, previous_manifest, reusable, reuse
@@ -131,21 +132,25 @@ def build(
                 progress(f"{name}: unchanged, reused")
                 components[name] = reuse(previous[name], out, staging)
                 continue
-            spec = component_spec(model, name, recipe.build.batch, batch_state)
+            spec = component_spec(model, name, recipe.build.batch, batch_state, recipe.text.max_question_tokens,
+                                  recipe.text.max_answer_tokens)
             components[name] = _build_component(spec, source, recipe, staging, keys[name], engines, progress, real,
                                                 quantizer, calibration)
         t = recipe.target
+        state = _write_initial_state(initial_state, staging)
+        model = {"config": cfg.to_dict(), "config_hash": cfg.hash(), **source.description,
+                 "tokenizer": type(source.model.tokenizer).__name__}
+        model["identity"] = model_identity(model, state.tensors)  # what snapshots of its streams belong to
         manifest = Manifest(
             format=FORMAT, toolkit_version=version_of("mirasol-edge"),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=machine.describe(),
-            model={"config": cfg.to_dict(), "config_hash": cfg.hash(), **source.description,
-                   "tokenizer": type(source.model.tokenizer).__name__},
+            model=model,
             recipe={"path": recipe.path, **recipe.to_dict()},
             backend=BackendEntry(backend, backend_v, engines),
             target=TargetEntry(t.name, t.device, resolved_capabilities(t.compute_capabilities) if engines
                                else tuple(t.compute_capabilities),
                                recipe.build.hardware_compatibility, recipe.build.version_compatible),
-            batch=recipe.build.batch, state=_write_initial_state(initial_state, staging),
+            batch=recipe.build.batch, state=state,
             components={name: component_from_dict(entry, name) for name, entry in components.items()})
         manifest.write(staging)  # the answer check opens the staged engines
         if quantized:
@@ -230,7 +235,7 @@ def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, s
     data = onnx_data_file(onnx_path)
     if data is not None:
         entry["onnx_data"] = {"file": data.name, "sha256": sha256_file(data), "bytes": data.stat().st_size}
-    profiles = profiles_for(spec.dynamic, spec.inputs, recipe)
+    profiles = profiles_for(spec.dynamic, spec.inputs)
     entry["profiles"] = {n: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for n, p in profiles.items()}
 
     if engines:

@@ -200,16 +200,14 @@ def compatibility_level(trt, level: str):
     return found
 
 
-def profiles_for(dynamic: dict, inputs: dict, recipe: Recipe) -> dict[str, Profile]:
-    """min/opt/max per varying input, from the recipe's text lengths."""
+def profiles_for(dynamic: dict, inputs: dict) -> dict[str, Profile]:
+    """min/opt/max per varying input, from the contract's bounds (``component_spec``'s ``dynamic``),
+    the same the graph's dynamic axes were exported with."""
     profiles = {}
-    prompt_max = recipe.text.max_question_tokens + 2
-    past_max = prompt_max + recipe.text.max_answer_tokens - 1
     for name, axes in dynamic.items():
         shape = list(inputs[name].shape)
         lo, opt, hi = list(shape), list(shape), list(shape)
-        for axis, (dim, low, _) in axes.items():
-            high = prompt_max if dim == "prompt_len" else past_max
+        for axis, (_, low, high) in axes.items():
             lo[axis], hi[axis], opt[axis] = low, high, max(low, min(high, (low + high) // 2))
         profiles[name] = Profile(tuple(lo), tuple(opt), tuple(hi))
     return profiles

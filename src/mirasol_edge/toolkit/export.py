@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,76 +38,108 @@ class ExportError(MirasolError, RuntimeError):
 
 @dataclass
 class ComponentSpec:
-    name: str
+    """A contract ready to export: the graph module and example inputs in the contract's order."""
+
+    contract: ComponentContract
     module: nn.Module
-    inputs: dict[str, Tensor]  # example inputs, in the contract's order
-    outputs: list[str]
-    # input name -> {axis: (dim name, min, max)} for lengths that vary
-    dynamic: dict[str, dict[int, tuple[str, int, int]]] = field(default_factory=dict)
+    inputs: dict[str, Tensor]
+
+    @property
+    def name(self) -> str:
+        return self.contract.name
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.contract.output_names
+
+    @property
+    def dynamic(self) -> dict[str, dict[int, tuple[str, int, int]]]:
+        """input name -> {axis: (dim name, min, max)} for the lengths that vary (the profiles' too)."""
+        bounds = self.contract.dynamic
+        return {t.name: {axis: (dim, *bounds[dim]) for axis, dim in enumerate(t.shape) if isinstance(dim, str)}
+                for t in self.contract.inputs if any(isinstance(d, str) for d in t.shape)}
 
 
-def _pairs(flat: tuple[Tensor, ...]) -> list[tuple[Tensor, Tensor]]:
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+class ContractGraph(nn.Module):
+    """A component as a graph that takes and returns exactly its contract's tensors: the exporter
+    passes them in the contract's order, ``step`` reads and writes them by name."""
 
-
-class ChunkEncoderGraph(nn.Module):
-    def __init__(self, model: Mirasol) -> None:
+    def __init__(self, model: Mirasol, name: str) -> None:
         super().__init__()
-        self.encoder = model.chunk_encoder
-        self.use_audio = model.cfg.use_audio
-        self.has_memory = self.encoder.combiner.has_memory
+        self.contract = contracts(model.cfg)[name]  # names only: the batch changes shapes, not names
 
-    def forward(self, video: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        rest = list(rest)
-        mel = rest.pop(0) if self.use_audio else None
-        memory = rest.pop(0) if self.has_memory else None
+    def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        out = self.step(dict(zip(self.contract.input_names, tensors, strict=True)))
+        return tuple(out[n] for n in self.contract.output_names)
+
+    def state_in(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The stream state this component carries, by state name."""
+        return {s: feeds[inp] for s, (inp, _) in self.contract.state.items()}
+
+    def state_out(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {out: state[s] for s, (_, out) in self.contract.state.items()}
+
+    def step(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+class ChunkEncoderGraph(ContractGraph):
+    def __init__(self, model: Mirasol) -> None:
+        super().__init__(model, "chunk_encoder")
+        self.encoder = model.chunk_encoder
+
+    def step(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
         # Frames arrive as decoded, uint8: the engine scales them on its device, so a chunk crosses
         # to a GPU at a quarter of the float32 bytes and no CPU converts it.
-        latents, memory = self.encoder(video.to(torch.float32) / 255.0, mel, memory)
-        return (latents, memory) if self.has_memory else (latents,)
+        video = feeds["video"].to(torch.float32) / 255.0
+        latents, memory = self.encoder(video, feeds.get("mel"), self.state_in(feeds).get("memory"))
+        return {"latents": latents, **self.state_out({"memory": memory})}
 
 
-class ARStepGraph(nn.Module):
+class ARStepGraph(ContractGraph):
     def __init__(self, model: Mirasol) -> None:
-        super().__init__()
-        self.ar = model.ar
-
-    def forward(self, latents: Tensor, pos: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        *kv, context = state
-        keys, values = list(kv[0::2]), list(kv[1::2])
-        out, keys, values, context, pos = self.ar.step(latents, pos, keys, values, context)
-        flat = [t for pair in zip(keys, values) for t in pair]
-        return (out, pos, *flat, context)
-
-
-class TextPrefillGraph(nn.Module):
-    def __init__(self, model: Mirasol) -> None:
-        super().__init__()
+        super().__init__(model, "ar_step")
         self.model = model
 
-    def forward(self, tokens: Tensor, context: Tensor, pos: Tensor) -> tuple[Tensor, ...]:
-        cfg = self.model.cfg
-        age, valid = self.model.ar.context_ages(pos, cfg.window_chunks, cfg.latents_per_chunk)
-        memory, cross_bias = self.model.text.memory(context, age, valid)
-        cross = self.model.text.cross_kv(memory)
-        logits, presents = self.model.text(tokens, cross, cross_bias)
-        flat = [t for kv in presents for t in kv]
-        cross_flat = [t for kv in cross for t in kv]
-        return (logits[:, -1], *flat, *cross_flat, cross_bias)
+    def step(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        out, state = self.model.ar_step(feeds["latents"], None, self.state_in(feeds))
+        return {"outputs": out, **self.state_out(state)}
 
 
-class TextDecodeGraph(nn.Module):
+class TextPrefillGraph(ContractGraph):
     def __init__(self, model: Mirasol) -> None:
-        super().__init__()
+        super().__init__(model, "text_prefill")
+        self.model = model
+
+    def step(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        cfg, depth = self.model.cfg, self.model.cfg.text_depth
+        age, valid = self.model.ar.context_ages(feeds["pos"], cfg.window_chunks, cfg.latents_per_chunk)
+        memory, cross_bias = self.model.text.memory(feeds["context"], age, valid)
+        cross = self.model.text.cross_kv(memory)
+        logits, presents = self.model.text(feeds["tokens"], cross, cross_bias)
+        return {"logits": logits[:, -1], **_named(kv_names("present", depth), presents),
+                **_named(kv_names("cross", depth), cross), "cross_bias": cross_bias}
+
+
+class TextDecodeGraph(ContractGraph):
+    def __init__(self, model: Mirasol) -> None:
+        super().__init__(model, "text_decode")
         self.text = model.text
         self.depth = model.cfg.text_depth
 
-    def forward(self, token: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        past = _pairs(rest[: 2 * self.depth])
-        cross = _pairs(rest[2 * self.depth : 4 * self.depth])
-        cross_bias = rest[-1]
-        logits, presents = self.text(token, cross, cross_bias, past)
-        return (logits[:, -1], *[t for kv in presents for t in kv])
+    def step(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        past, cross = (_pairs(feeds, kv_names(prefix, self.depth)) for prefix in ("past", "cross"))
+        logits, presents = self.text(feeds["token"], cross, feeds["cross_bias"], past)
+        return {"logits": logits[:, -1], **_named(kv_names("present", self.depth), presents)}
+
+
+def _pairs(feeds: dict[str, Tensor], names: list[str]) -> list[tuple[Tensor, Tensor]]:
+    """(key, value) per layer from ``feeds``, in the order ``kv_names`` gives."""
+    return [(feeds[k], feeds[v]) for k, v in zip(names[0::2], names[1::2])]
+
+
+def _named(names: list[str], pairs) -> dict[str, Tensor]:
+    return dict(zip(names, (t for kv in pairs for t in kv), strict=True))
 
 
 GRAPHS = {"chunk_encoder": ChunkEncoderGraph, "ar_step": ARStepGraph, "text_prefill": TextPrefillGraph,
@@ -115,35 +147,33 @@ GRAPHS = {"chunk_encoder": ChunkEncoderGraph, "ar_step": ARStepGraph, "text_pref
 
 
 def _examples(model: Mirasol, contract: ComponentContract, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Example inputs: the given stream state where the contract carries state, else plausible values."""
-    cfg, name = model.cfg, contract.name
-    g = torch.Generator().manual_seed(0)
+    """Example inputs, named and shaped by the contract: the given stream state where the
+    contract carries state, a real prompt and its prefill for the text steps, else the
+    contract's own examples (random frames, mel and latents)."""
     carried = {inp: state[s] for s, (inp, _) in contract.state.items()}
-    if name in ("chunk_encoder", "ar_step"):
-        random = {"video": lambda shape: torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),
-                  "mel": lambda shape: torch.randn(*shape, generator=g) * 20 - 40,
-                  "latents": lambda shape: torch.randn(*shape, generator=g)}
-        return {t.name: carried[t.name] if t.name in carried else random[t.name](t.shape) for t in contract.inputs}
+    if contract.name in ("chunk_encoder", "ar_step"):
+        rng = np.random.default_rng(0)
+        return {t.name: carried[t.name] if t.name in carried else torch.from_numpy(t.example(rng, {}))
+                for t in contract.inputs}
+    cfg = model.cfg
     prompt = prompt_ids(model.tokenizer, "what colour was the first shape?", cfg.max_question_tokens)
-    prefill = {"tokens": torch.tensor([prompt]), "context": state["context"][:1], "pos": state["pos"][:1]}
-    if name == "text_prefill":
+    prefill = {"tokens": torch.tensor([prompt]), **{inp: state[s][:1] for inp, s in
+                                                    contracts(cfg)["text_prefill"].from_state.items()}}
+    if contract.name == "text_prefill":
         return prefill
     with torch.no_grad():
-        outs = TextPrefillGraph(model)(*prefill.values())
-    depth = cfg.text_depth
-    return {"token": torch.tensor([[ord("r")]]), **dict(zip(kv_names("past", depth), outs[1 : 1 + 2 * depth])),
-            **dict(zip(kv_names("cross", depth), outs[1 + 2 * depth : 1 + 4 * depth])), "cross_bias": outs[-1]}
+        outs = TextPrefillGraph(model).step(prefill)
+    return {"token": torch.tensor([[ord("r")]]), **{inp: outs[src] for inp, src in contract.from_previous.items()}}
 
 
-def component_spec(model: Mirasol, name: str, batch: int, state: dict[str, Tensor]) -> ComponentSpec:
+def component_spec(model: Mirasol, name: str, batch: int, state: dict[str, Tensor],
+                   max_question_tokens: int | None = None, max_answer_tokens: int | None = None) -> ComponentSpec:
     """One graph with example inputs; ``state`` is a stream state (``model.init_state`` or real
     pushes). Needs only that component's part of the model to be real (see toolkit.source)."""
     if name not in GRAPHS:
         raise UsageError(f"unknown component {name!r}; the components are {', '.join(GRAPHS)}")
-    contract = contracts(model.cfg, batch)[name]
-    dynamic = {t.name: {axis: (dim, *contract.dynamic[dim]) for axis, dim in enumerate(t.shape) if isinstance(dim, str)}
-               for t in contract.inputs if any(isinstance(d, str) for d in t.shape)}
-    return ComponentSpec(name, GRAPHS[name](model), _examples(model, contract, state), contract.output_names, dynamic)
+    contract = contracts(model.cfg, batch, max_question_tokens, max_answer_tokens)[name]
+    return ComponentSpec(contract, GRAPHS[name](model), _examples(model, contract, state))
 
 
 def _dynamic_shapes(spec: ComponentSpec) -> tuple | None:

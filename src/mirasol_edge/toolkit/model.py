@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mirasol_edge.errors import MirasolError
+from mirasol_edge.runtime import components
 from mirasol_edge.runtime.config import MirasolConfig
 from mirasol_edge.runtime.generate import greedy
 
@@ -25,6 +26,7 @@ from .combiners import build_combiner
 from .encoders import AudioEncoder, VideoEncoder
 from .text import TextDecoder
 from .tokenizer import ByteTokenizer, Tokenizer, prompt_ids
+from .weights import load_state_dict_checked, read_config, save_model
 
 State = dict[str, Tensor]
 
@@ -67,23 +69,18 @@ class Mirasol(nn.Module):
 
     # ---- state --------------------------------------------------------------------
     def init_state(self, batch: int = 1, device: torch.device | str | None = None) -> State:
-        cfg = self.cfg
-        # The state is fp32 whatever the weights' precision; parts may still be on meta
-        # while a large model is built part by part (see toolkit.source).
+        # The state's names, shapes and dtypes are the component contract's (fp32 whatever the
+        # weights' precision); parts may still be on meta while a large model is built part by part.
         device = device or next((p.device for p in self.parameters() if not p.is_meta), "cpu")
-        dtype = torch.float32
-        head_dim = cfg.ar_width // cfg.ar_heads
-        ring = cfg.window_chunks * cfg.latents_per_chunk
-        state: State = {"pos": torch.zeros(batch, dtype=torch.int64, device=device)}
-        if self.chunk_encoder.combiner.has_memory:
-            memory = self.chunk_encoder.combiner.initial_memory
-            if memory.is_meta:
-                raise RuntimeError("init_state needs the chunk encoder's weights (its TTM memory); it is on meta")
-            state["memory"] = memory.detach().to(device, dtype).expand(batch, -1, -1).clone()
-        for i in range(cfg.ar_depth):
-            for part in ("key", "value"):
-                state[f"kv.{i}.{part}"] = torch.zeros(batch, cfg.ar_heads, ring, head_dim, dtype=dtype, device=device)
-        state["context"] = torch.zeros(batch, ring, cfg.ar_width, dtype=dtype, device=device)
+        state: State = {}
+        for name, (shape, dtype) in components.state_shapes(self.cfg, batch).items():
+            if name == "memory":  # the TTM memory starts from learned values
+                memory = self.chunk_encoder.combiner.initial_memory
+                if memory.is_meta:
+                    raise RuntimeError("init_state needs the chunk encoder's weights (its TTM memory); it is on meta")
+                state[name] = memory.detach().to(device, torch.float32).expand(batch, -1, -1).clone()
+            else:
+                state[name] = torch.zeros(shape, dtype=getattr(torch, dtype), device=device)
         return state
 
     # ---- input checks -------------------------------------------------------------
@@ -114,15 +111,13 @@ class Mirasol(nn.Module):
 
     def ar_step(self, latents: Tensor, memory: Tensor | None, state: State) -> tuple[Tensor, State]:
         """The AR step on a chunk's Combiner latents (and the TTM memory it left) -> (outputs, new state)."""
-        cfg = self.cfg
-        keys = [state[f"kv.{i}.key"] for i in range(cfg.ar_depth)]
-        values = [state[f"kv.{i}.value"] for i in range(cfg.ar_depth)]
-        out, keys, values, context, pos = self.ar.step(latents, state["pos"], keys, values, state["context"])
+        kv = components.kv_names("kv", self.cfg.ar_depth)  # kv.0.key, kv.0.value, kv.1.key, ...
+        out, keys, values, context, pos = self.ar.step(latents, state["pos"], [state[n] for n in kv[0::2]],
+                                                       [state[n] for n in kv[1::2]], state["context"])
         new_state: State = {"pos": pos}
         if memory is not None:
             new_state["memory"] = memory
-        for i in range(cfg.ar_depth):
-            new_state[f"kv.{i}.key"], new_state[f"kv.{i}.value"] = keys[i], values[i]
+        new_state.update(zip(kv, (t for pair in zip(keys, values) for t in pair)))
         new_state["context"] = context
         return out, new_state
 
@@ -211,12 +206,12 @@ class Mirasol(nn.Module):
 
     # ---- weights ------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        from .weights import save_model
-
+        """Weights and config in one safetensors file, written atomically."""
         save_model(self, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Mirasol:
-        from .weights import load_model
-
-        return load_model(path, device)
+        """A checkpoint, its config read from the file and every tensor's name and shape checked."""
+        model = cls(read_config(path))
+        load_state_dict_checked(model, Path(path))
+        return model.to(device).eval()

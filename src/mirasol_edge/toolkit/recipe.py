@@ -18,11 +18,11 @@ else:  # JetPack 6's Python 3.10
     import tomli as tomllib
 
 from mirasol_edge.errors import MirasolError
+from mirasol_edge.runtime.backends.base import ENGINE_BACKENDS
 from mirasol_edge.runtime.components import COMPONENTS  # one list for the build and the runtime
+from mirasol_edge.runtime.manifest import QUANTIZED
 
-BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8", "int4", "auto")
-QUANTIZED = ("int8", "fp8", "int4")  # explicit Q/DQ or weight-only, see mirasol_edge.calib
 # "auto": the build measures fp32, int8 and int4 here and keeps the fastest that passes the gates.
 AUTO_CANDIDATES = ("fp32", "int8", "int4")
 CALIBRATED = (*QUANTIZED, "auto")  # need calibration data
@@ -214,7 +214,7 @@ def check_recipe(recipe: Recipe) -> None:
         if not ok:
             raise RecipeError(f"{src}: {key}: {why}")
 
-    need(t.backend in BACKENDS, "target.backend", f"must be one of {BACKENDS}, got {t.backend!r}")
+    need(t.backend in ENGINE_BACKENDS, "target.backend", f"must be one of {ENGINE_BACKENDS}, got {t.backend!r}")
     need(t.device in ("cpu", "cuda"), "target.device", f"must be 'cpu' or 'cuda', got {t.device!r}")
     need(t.backend == "onnxruntime" or t.device == "cuda", "target.device",
          f"backend {t.backend!r} needs device 'cuda'")

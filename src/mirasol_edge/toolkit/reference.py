@@ -16,7 +16,7 @@ import numpy as np
 from mirasol_edge.runtime.backends.base import Backend, BackendError, DeviceArray, Runner
 from mirasol_edge.runtime.components import COMPONENTS, contracts
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
-from mirasol_edge.runtime.engine_dir import ComponentInfo, EngineDir, TensorInfo
+from mirasol_edge.runtime.engine_dir import ComponentInfo, EngineDir, tensors_by_name
 from mirasol_edge.runtime.files import sha256_file
 from mirasol_edge.runtime.stream import MirasolEngines
 from mirasol_edge.runtime.tokenizer import ByteTokenizer
@@ -121,8 +121,9 @@ class ReferenceDir:
     @classmethod
     def of(cls, model, max_question_tokens: int, max_answer_tokens: int) -> ReferenceDir:
         cfg = model.cfg
-        infos = {name: ComponentInfo(name, None, Path(f"{name}.onnx"), _infos(c.inputs), _infos(c.outputs), "fp32")
-                 for name, c in contracts(cfg, 1).items()}
+        infos = {name: ComponentInfo(name, None, Path(f"{name}.onnx"), tensors_by_name(c.inputs),
+                                     tensors_by_name(c.outputs), "fp32")
+                 for name, c in contracts(cfg, 1, max_question_tokens, max_answer_tokens).items()}
         state = {name: t.detach().cpu().numpy() for name, t in model.init_state(1).items()}
         return cls(Path(f"<reference {cfg.name}>"), cfg.to_dict(), 1, max_question_tokens, max_answer_tokens,
                    f"reference:{cfg.hash()}", infos, state)
@@ -133,9 +134,6 @@ class ReferenceDir:
     def initial_state(self) -> dict[str, np.ndarray]:
         return self.state
 
-
-def _infos(tensors) -> dict[str, TensorInfo]:
-    return {t.name: TensorInfo(t.name, np.dtype(t.dtype), t.shape) for t in tensors}
 
 
 class RecordingRunner(Runner):

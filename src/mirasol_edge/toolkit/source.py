@@ -26,7 +26,7 @@ from .autoregressive import AutoregressiveModel
 from .model import ChunkEncoder, Mirasol
 from .summary import meta_model, on_meta
 from .text import TextDecoder
-from .weights import check_checkpoint_tensors, load_model, read_config
+from .weights import check_checkpoint_tensors, read_config
 
 PARTS = {"chunk_encoder": ChunkEncoder, "ar": AutoregressiveModel, "text": TextDecoder}
 COMPONENT_PARTS = {"chunk_encoder": "chunk_encoder", "ar_step": "ar", "text_prefill": "text", "text_decode": "text"}
@@ -117,7 +117,7 @@ def load_source(checkpoint: str | Path | None, preset: str | None, seed: int = 0
         digest = sha256_file(path)
         description = {"checkpoint": str(path), "sha256": digest}
         if not by_part:
-            return ModelSource(load_model(path), description, digest)
+            return ModelSource(Mirasol.load(path), description, digest)
         check_checkpoint_tensors(path, skeleton)
         return ModelSource(skeleton, description | {"loaded": "part by part"}, digest, True, path)
     description = {"preset": preset, "seed": seed, "weights": "random init"}

@@ -99,13 +99,3 @@ def load_state_dict_checked(model: torch.nn.Module, path: Path) -> None:
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from None
     model.load_state_dict(loaded)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    from .model import Mirasol
-
-    path = Path(path)
-    cfg = read_config(path)
-    model = Mirasol(cfg)
-    load_state_dict_checked(model, path)
-    return model.to(device).eval()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from ..engine_dir import EngineDir
-from .base import Backend, BackendError, Runner
+from .base import ENGINE_BACKENDS, NAMES, TENSORRT, Backend, BackendError, Runner
 from .options import checked_options
-
-NAMES = ("auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch")
 
 
 def open_engines(path, backend: str = "auto") -> EngineDir:
     """Open and verify the files ``backend`` will read: its engines, or the ONNX graphs."""
     if backend not in NAMES:
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(NAMES)}")
-    engines = EngineDir.open(path, use_onnx=False) if backend in ("auto", "tensorrt", "tensorrt-rtx") else None
+    engines = EngineDir.open(path, use_onnx=False) if backend in ("auto", *TENSORRT) else None
     if engines is None:
         probe = EngineDir.open(path, use_onnx=True)
         # ONNX Runtime runs its own optimized engines when the build made them, else the plain ONNX.
@@ -49,7 +47,7 @@ def create_backend(engines: EngineDir, backend: str = "auto", device: str = "aut
     """The backend ``backend`` for ``engines``; ``options`` are checked against what it takes
     (``backends.options``) before anything loads."""
     name = engines.backend if backend == "auto" else backend
-    if name in ("tensorrt", "tensorrt-rtx"):
+    if name in TENSORRT:
         if name != engines.backend:
             raise BackendError(f"{engines.path}: built for {engines.backend}; {name} cannot run these engines")
         options = checked_options(name, options)
@@ -65,12 +63,12 @@ def create_backend(engines: EngineDir, backend: str = "auto", device: str = "aut
     if plugin is None:
         raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(NAMES)}")
     options = checked_options(name, options)
-    try:
-        factory = plugin.load()
+    try:  # the reference's module loads without torch; torch is imported when it is created
+        return plugin.load()(engines, device, **options)
     except ImportError as exc:
         raise BackendError(f"backend {name!r} cannot load here ({exc}); for 'torch' install "
                            "mirasol-edge[build]") from None
-    return factory(engines, device, **options)
 
 
-__all__ = ["Backend", "BackendError", "Runner", "create_backend", "open_engines", "split_backend"]
+__all__ = ["ENGINE_BACKENDS", "NAMES", "TENSORRT", "Backend", "BackendError", "Runner",
+           "create_backend", "open_engines", "split_backend"]

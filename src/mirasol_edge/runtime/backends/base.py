@@ -18,6 +18,10 @@ import numpy as np
 from mirasol_edge.errors import MirasolError
 
 DeviceArray = Any
+# The one list of backend names: what a build makes engines for, and what may run them.
+TENSORRT = ("tensorrt", "tensorrt-rtx")  # one code path for both (runtime.trt)
+ENGINE_BACKENDS = ("onnxruntime", *TENSORRT)
+NAMES = ("auto", *ENGINE_BACKENDS, "torch")  # "torch": the toolkit's PyTorch reference
 
 
 class BackendError(MirasolError, RuntimeError):
@@ -82,6 +86,9 @@ class OpenRunners:
 class Backend(ABC):
     name: str
     device: str
+    # Whether ``upload_device`` takes frames decoded on the GPU (``DeviceFrames``) device to device;
+    # a backend without it is given them through the host (``numpy.asarray``).
+    takes_device_frames: bool = False
 
     def lane(self) -> object | None:
         """An ordered queue of device work for one path of one stream (its pushes, or its
@@ -99,6 +106,10 @@ class Backend(ABC):
 
     @abstractmethod
     def download(self, value: DeviceArray) -> np.ndarray: ...
+
+    def upload_device(self, frames, into: DeviceArray | None = None, lane: object | None = None) -> DeviceArray:
+        """``DeviceFrames`` device to device into an input, as batch 1 (``takes_device_frames``)."""
+        raise BackendError(f"backend {self.name!r} takes no frames on the GPU; give them through the host")
 
     def stack(self, values: list[DeviceArray], batch: int, key: str = "", lane: object | None = None) -> DeviceArray:
         """Batch-1 arrays -> one array of ``batch`` rows (zero rows pad the rest); ``key`` names

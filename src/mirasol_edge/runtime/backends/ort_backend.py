@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine_dir import EngineDir, verify_onnx
+from ..manifest import QUANTIZED
 from .base import Backend, BackendError, DeviceArray, OpenRunners, Runner
 
-QUANTIZED = ("int8", "fp8", "int4")
 # ONNX Runtime rewrites DequantizeLinear -> MatMul -> Add into Reshape -> Gemm before its Q/DQ
 # fusion runs, so a Q/DQ graph never reaches integer kernels and int8 runs slower than fp32.
 # Without that rewrite the same graph fuses into MatMulIntegerToFloat (measured: bench/quantize.py).

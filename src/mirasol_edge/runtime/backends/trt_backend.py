@@ -27,7 +27,7 @@ from ..cuda import CaptureError, DeviceBuffer, Event, Graph, Stream, compute_cap
 from ..engine_dir import EngineDir
 from ..files import write_bytes_atomic
 from ..trt import lazy_import_trt, trt_logger
-from .base import Backend, BackendError, DeviceArray, OpenRunners, Runner
+from .base import TENSORRT, Backend, BackendError, DeviceArray, OpenRunners, Runner
 
 MAX_GRAPHS = 4  # two buffer sets, with room for a restored state's buffers
 MAX_SEEN = 16  # input/output address sets remembered while waiting for a second sighting
@@ -140,9 +140,11 @@ class TrtRunner(Runner):
 
 
 class TrtBackend(Backend):
+    takes_device_frames = True  # NVDEC frames go device to device into the encoder's input
+
     def __init__(self, engines: EngineDir, device: str = "auto", cuda_graphs: bool = True,
                  runtime_cache: str | Path | None = None) -> None:
-        if engines.backend not in ("tensorrt", "tensorrt-rtx"):
+        if engines.backend not in TENSORRT:
             raise BackendError(f"{engines.path}: built for {engines.backend}, not TensorRT")
         self.name, self.device = engines.backend, "cuda"
         trt = lazy_import_trt(engines.backend)

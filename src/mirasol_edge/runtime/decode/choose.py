@@ -1,5 +1,6 @@
-"""Which decoder runs a source: PyAV, or DALI (NVDEC on a GPU, its CPU decoder) where the codec,
-the source kind and a constant frame rate allow it."""
+"""Which decoder (registry.py) runs a source: GStreamer for ``gst:`` sources, a second audio source,
+``decoder="gstreamer..."`` and files on a Jetson; else PyAV, or DALI (NVDEC on a GPU, its CPU
+decoder) where the codec, the source kind and a constant frame rate allow it."""
 
 from __future__ import annotations
 
@@ -48,12 +49,21 @@ def probe_constant_rate(source: Any, packets: int = 64) -> Fraction | None:
     return Fraction(measured).limit_denominator(1001)
 
 
+def wants_gstreamer(source: Any, decoder: str, audio: Any) -> bool:
+    from . import dali, gst
+
+    if decoder.startswith("gstreamer") or gst.is_gst(source) or audio is not None:
+        return True
+    # Jetson: DALI does not decode video there, and GStreamer has the hardware decoder.
+    return decoder == "auto" and isinstance(source, (str, Path)) and dali.is_jetson() and gst.available()
+
+
 def choose_decoder(requested: str, source: Any, vstream, name: str) -> tuple[str, Fraction | None]:
     """Which decoder runs this source (and, for DALI, the measured frame rate); a forced choice
     that cannot work says why. ``auto`` only ever picks NVDEC: DALI's CPU decoder measured
     slower than PyAV (bench/decode.py)."""
-    if requested == "pyav":
-        return "pyav", None
+    if requested not in ("auto", "dali-cpu", "dali-gpu"):  # PyAV, or another decoder registered on its container
+        return requested, None
     want = "dali-gpu" if requested == "auto" else requested
     codec = vstream.codec_context.name
     problem = _dali_problem(source, codec, want)

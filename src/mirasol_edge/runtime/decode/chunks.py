@@ -1,7 +1,9 @@
 """Media -> time-aligned chunks of frames and log-mel, decoded sequentially (PyAV, DALI, or
-GStreamer: ``gst:`` sources and ``decoder="gstreamer"``). The timing rules are the
-assembler's (``assemble.py``). Decoding is one pass over the packets: the cost per chunk does
-not depend on the position in the file, and memory holds one chunk of frames and audio.
+GStreamer: ``gst:`` sources and ``decoder="gstreamer"``). Which decoder runs is choose.py's;
+each is a ``Source`` in the registry (registry.py) feeding the one assembler (assemble.py), whose
+timing rules and colour policy (colour.py) are the same for all. Decoding is one pass over the
+packets: the cost per chunk does not depend on the position in the file, and memory holds one
+chunk of frames and audio.
 
 Last partial chunk: ``last="pad"`` repeats the last frame, pads silence and sets
 ``Flags.PADDED``; ``last="drop"`` drops it.
@@ -10,8 +12,8 @@ Last partial chunk: ``last="pad"`` repeats the last frame, pads silence and sets
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,9 @@ import av
 
 from mirasol_edge.errors import UsageError
 
-from .assemble import Assembler
-from .choose import choose_decoder
-from .events import dali_events, pyav_events
+from . import registry
+from .assemble import assemble
+from .choose import choose_decoder, wants_gstreamer
 from .mel import log_mel
 from .types import (
     LIVE_PREFIXES,
@@ -40,7 +42,6 @@ from .types import (
 
 __all__ = ["LIVE_PREFIXES", "AbsurdDimensions", "Chunk", "ChunkSpec", "DecodeError", "EmptySource", "Flags",
            "NoVideoStream", "NotMedia", "ShortSource", "TruncatedMedia", "UnsupportedCodec", "chunks", "open_media"]
-log = logging.getLogger(__name__)
 MAX_DIMENSION = 16384
 
 
@@ -93,19 +94,20 @@ def _looks_like_mp4(source: Any) -> bool:
     return head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide")
 
 
-DECODERS = ("auto", "pyav", "dali-cpu", "dali-gpu", "gstreamer", "gstreamer-software", "gstreamer-hardware")
+DECODERS = ("auto", *registry.names())  # as shipped; registry.register adds more
 
 
 def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
            decoder: str = "auto", mel: str = "auto", audio: Any = None, audio_offset: float = 0.0,
-           device_frames: bool = False) -> Iterator[Chunk]:
+           device_frames: bool = False, resume: tuple[int, float] | None = None) -> Iterator[Chunk]:
     """Yield ``Chunk``s from a file, URL, camera or bytes, sequentially (see module docstring).
 
     ``decoder``: ``auto`` picks DALI's NVDEC decoder on a GPU (H.264, HEVC, VP9, AV1; constant
     frame rate files) and PyAV for everything else: CPU-only machines, Jetson, live sources,
     variable frame rate. DALI's CPU decoder (VP9, MJPEG) runs when asked for (``dali-cpu``):
     on the 2-core benchmark machine it was 3-5x slower than PyAV at 640x360 (bench/decode.py).
-    ``Chunk.decoder`` reports which one ran.
+    ``Chunk.decoder`` reports which one ran. Every decoder gives the same pixels: colour.py's
+    policy (the stream's tagged matrix and range, one stated rule where it has none) and resize.
 
     GStreamer (``gst.py``) decodes ``gst:`` pipeline sources, anything with ``decoder="gstreamer"``
     (hardware decoders first where GStreamer has them; ``-software`` / ``-hardware`` to insist),
@@ -118,53 +120,48 @@ def chunks(source: Any, spec: ChunkSpec, last: str = "pad", timeout: Any = 10.0,
 
     ``mel``: ``numpy``, ``dali`` (DALI's operators, on the GPU with the NVDEC decoder) or
     ``auto`` (DALI with NVDEC, else numpy); both match the model's torch mel (tested).
+
+    ``resume``: the (index, t0) of the first chunk, for a source reopened after a failure (live.py):
+    its chunks go on counting and on the same timeline instead of starting again from 0.
     """
     if last not in ("pad", "drop"):
         raise UsageError(f"last must be 'pad' or 'drop', got {last!r}")
-    if decoder not in DECODERS:
-        raise UsageError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    if _use_gstreamer(source, decoder, audio):
-        from .gst_source import gst_chunks
-
-        gst_decoder = decoder.removeprefix("gstreamer-") if decoder.startswith("gstreamer-") else "auto"
-        yield from gst_chunks(source, spec, last, _mel_function(spec, mel, "gstreamer"), gst_decoder, audio,
-                              audio_offset, timeout=tuple(timeout) if isinstance(timeout, (tuple, list)) else float(timeout))
-        return
+    if decoder != "auto" and decoder not in registry.names():
+        raise UsageError(f"decoder must be one of {('auto', *registry.names())}, got {decoder!r}")
     name = _describe(source)
+    timeout = tuple(timeout) if isinstance(timeout, (tuple, list)) else float(timeout)
+    request = registry.Request(source, name, spec, timeout, audio, audio_offset, device_frames)
+    if wants_gstreamer(source, decoder, audio):
+        chosen = decoder if decoder.startswith("gstreamer") else "gstreamer"
+        mel_fn = _mel_function(spec, mel, chosen)
+        yield from assemble(registry.open_source(chosen, request), spec, last, mel_fn, resume)
+        return
     container = open_media(source, timeout)
     try:
         vstream = _check_video(container, name)
-        path, rate = choose_decoder(decoder, source, vstream, name)
-        mel_fn = _mel_function(spec, mel, path)
-        if device_frames and path != "dali-gpu":
+        chosen, rate = choose_decoder(decoder, source, vstream, name)
+        mel_fn = _mel_function(spec, mel, chosen)
+        if device_frames and chosen != "dali-gpu":
             raise UsageError(f"{name}: device_frames needs DALI's NVDEC decoder (decoder='dali-gpu' on a GPU), "
-                             f"and this source decodes with {path}")
-        yield from _chunks(container, name, spec, last, vstream, path, (source, rate) if path != "pyav" else None,
-                           mel_fn, device_frames)
-    finally:
+                             f"and this source decodes with {chosen}")
+        opened = registry.open_source(chosen, replace(request, container=container, rate=rate))
+    except BaseException:
         container.close()
+        raise
+    yield from assemble(opened, spec, last, mel_fn, resume)
 
 
-def _use_gstreamer(source: Any, decoder: str, audio: Any) -> bool:
-    from . import dali, gst
-
-    if decoder.startswith("gstreamer") or gst.is_gst(source) or audio is not None:
-        return True
-    # Jetson: DALI does not decode video there, and GStreamer has the hardware decoder.
-    return decoder == "auto" and isinstance(source, (str, Path)) and dali.is_jetson() and gst.available()
-
-
-def _mel_function(spec: ChunkSpec, mel: str, path: str):
+def _mel_function(spec: ChunkSpec, mel: str, decoder: str):
     if mel not in ("auto", "numpy", "dali"):
         raise UsageError(f"mel must be 'auto', 'numpy' or 'dali', got {mel!r}")
-    if mel == "numpy" or (mel == "auto" and path != "dali-gpu"):
+    if mel == "numpy" or (mel == "auto" and decoder != "dali-gpu"):
         return lambda samples: log_mel(samples, spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels)
     from . import dali
 
     if not dali.available():
         raise DecodeError("mel='dali' needs DALI (pip install 'mirasol-edge[dali]')")
     return dali.LogMel(spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels,
-                       "gpu" if path == "dali-gpu" else "cpu")
+                       "gpu" if decoder == "dali-gpu" else "cpu")
 
 
 def _check_video(container, name: str):
@@ -179,47 +176,3 @@ def _check_video(container, name: str):
     if not (0 < ctx.width <= MAX_DIMENSION and 0 < ctx.height <= MAX_DIMENSION):
         raise AbsurdDimensions(f"{name}: video is {ctx.width}x{ctx.height}; expected 1..{MAX_DIMENSION} per side")
     return vstream
-
-
-def _chunks(container, name: str, spec: ChunkSpec, last: str, vstream, path: str = "pyav",
-            dali_source: tuple[Any, float] | None = None, mel_fn=None, device_frames: bool = False) -> Iterator[Chunk]:
-    astream = container.streams.audio[0] if container.streams.audio else None
-    vstream.thread_type = "AUTO"
-    state = {"rate": spec.sample_rate, "last_time": 0.0, "decoded_video": 0, "period": None, "shift": 0.0}
-    out = Assembler(spec, last, mel_fn, path, has_audio=astream is not None)
-    events = (dali_events(dali_source, vstream, astream, container, name, spec, path, state, device_frames)
-              if dali_source
-              else pyav_events(container, vstream, astream, name, state))
-    try:
-        for kind, time, payload in events:
-            if kind == "v":
-                out.video(payload, time)
-            elif kind == "a":
-                out.audio_samples(time, payload)
-            elif kind == "audio_changed":
-                out.audio_format_changed()
-                log.warning("%s: audio changed to %s, %s, %d Hz at %.2fs; resampling afresh", name, *payload, time)
-            else:
-                out.damaged(payload)
-            yield from out.ready()
-    except av.error.FFmpegError as exc:
-        if not state["decoded_video"]:
-            raise NotMedia(f"{name}: cannot decode ({exc})") from None
-        raise TruncatedMedia(f"{name}: decoding stopped after {out.index} chunks: {exc}") from None
-    except RuntimeError as exc:  # DALI reports decode failures as RuntimeError
-        if dali_source is None:
-            raise
-        raise UnsupportedCodec(f"{name}: DALI ({path}) failed to decode: {str(exc).splitlines()[0]}") from None
-
-    if not state["decoded_video"]:
-        raise NotMedia(f"{name}: no decodable video frames")
-    last_time = state["last_time"]
-    declared = float(vstream.average_rate or 0)
-    # A damaged header can declare any rate (1/134217 fps was seen): trust it only if plausible.
-    frame_period = state["period"] or (1.0 / declared if 1.0 <= declared <= 1000.0 else 1.0 / spec.fps)
-    yield from out.finish(last_time + frame_period)
-    if out.index == 0:
-        raise ShortSource(f"{name}: shorter than one chunk ({spec.chunk_seconds:g} s) and last='drop'")
-    expected = float(container.duration) / 1e6 if container.duration else None
-    if expected and last_time - state["shift"] + frame_period + 1.0 < expected:  # on the file's own clock
-        raise TruncatedMedia(f"{name}: video ends at {last_time:.2f}s but the container says {expected:.2f}s")

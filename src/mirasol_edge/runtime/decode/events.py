@@ -1,99 +1,103 @@
-"""Decoded media as one time-ordered stream of events: ("v", time, frame), ("a", time, samples),
-("damaged", time, frames lost), ("audio_changed", time, (format, layout, rate))."""
+"""The decoder seam: what every decoder (registry.py: PyAV, DALI CPU/GPU, GStreamer) hands the one
+``Assembler`` (assemble.py), and nothing else.
+
+A decoder is a ``Source``: a few facts known when it opens, and ``events()``, one time-ordered
+stream of the events below, starting with ``Decoding`` (its name). Times are the source's own
+presentation timestamps, in seconds, or None where it has none; turning them into the model's
+clock, chunk indices and chunk times is the assembler's alone (its ``Timeline``): missing
+stamps, broken jumps, gaps and the end of the video are decided there, the same way for every
+decoder.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import av
-
-from .types import ChunkSpec, DecodeError, UnsupportedCodec
-
-GAP_PERIODS = 2.5  # variable frame rate sources stretch a period to 2x; a real loss is longer
-# A forward jump longer than this inside one stream is a broken timestamp, not a pause: held frames
-# across it would be hours of chunks from a short file. The timeline is re-based over it instead.
-MAX_JUMP_SECONDS = 30.0
+import numpy as np
 
 
-def frame_time(frame: av.frame.Frame, fallback: float) -> float:
-    return float(frame.time) if frame.time is not None else fallback
+class Picture(Protocol):
+    """A decoded frame, converted only if the model's clock samples it (colour.py's policy)."""
+
+    def to_rgb(self, size: int) -> np.ndarray: ...  # [size, size, 3] uint8
 
 
-def pyav_events(container, vstream, astream, name: str, state: dict) -> Iterator[tuple]:
-    """(kind, time, payload) in demux order: ("v", t, frame), ("a", t, samples), ("damaged", t, n)."""
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=state["rate"]) if astream else None
-    audio_format = None  # (format, layout, rate) the resampler was set up for: real streams change it
-    # A corrupt stretch often decodes "fine": the demuxer resyncs and frames just go missing.
-    # A gap of more than GAP_PERIODS frame periods counts as lost frames. The period is the
-    # shortest step seen: some containers (Matroska) store no rate and FFmpeg guesses 24.
-    streams = ([vstream] if vstream is not None else []) + ([astream] if astream else [])
-    for packet in container.demux(*streams):
-        try:
-            decoded = packet.decode()
-        except av.error.InvalidDataError:
-            yield ("damaged", state["last_time"], 1)
-            continue
-        except av.error.DecoderNotFoundError as exc:
-            codec = getattr(packet.stream.codec_context, "name", None) or f"its {packet.stream.type} stream"
-            raise UnsupportedCodec(f"{name}: no decoder for {codec} ({exc})") from None
-        for frame in decoded:
-            if packet.stream is vstream:
-                time = frame_time(frame, state["last_time"] - state["shift"]) + state["shift"]
-                step, period = time - state["last_time"], state["period"]
-                if state["decoded_video"] and step > MAX_JUMP_SECONDS:
-                    state["shift"] -= step - (period or 0.0)
-                    time, step = state["last_time"] + (period or 0.0), period or 0.0
-                    yield ("damaged", time, 1)  # the chunk is flagged: its timeline broke here
-                if state["decoded_video"] and step > 0:
-                    if period and step > GAP_PERIODS * period:
-                        yield ("damaged", time, round(step / period) - 1)
-                    state["period"] = min(period or step, step)
-                state["last_time"] = time
-                state["decoded_video"] += 1
-                yield ("v", time, frame)
-            else:
-                incoming = (frame.format.name, frame.layout.name, frame.sample_rate)
-                if audio_format is not None and incoming != audio_format:
-                    # PyAV's resampler refuses a frame unlike its first: flush it, start a new one.
-                    for out in resampler.resample(None):
-                        yield ("a", None, out.to_ndarray().reshape(-1))
-                    resampler = av.AudioResampler(format="flt", layout="mono", rate=state["rate"])
-                    yield ("audio_changed", frame_time(frame, state["last_time"]), incoming)
-                audio_format = incoming
-                try:
-                    resampled = resampler.resample(frame)
-                except ValueError as exc:  # PyAV's own, for a frame it cannot take
-                    raise DecodeError(f"{name}: audio frame at {frame_time(frame, 0.0):.2f}s cannot be resampled "
-                                      f"({incoming[0]}, {incoming[1]}, {incoming[2]} Hz): {exc}") from None
-                for out in resampled:
-                    yield ("a", frame_time(out, 0.0), out.to_ndarray().reshape(-1))
-    if resampler is not None:
-        for out in resampler.resample(None):
-            yield ("a", None, out.to_ndarray().reshape(-1))
+@dataclass(frozen=True, slots=True)
+class Decoding:
+    """Which decoder this is, as ``Chunk.decoder`` reports it (GStreamer learns its element late)."""
+
+    decoder: str
 
 
-def dali_events(source: tuple[Any, float], vstream, astream, container, name: str, spec: ChunkSpec,
-                 device: str, state: dict, on_device: bool = False) -> Iterator[tuple]:
-    """DALI's frames (times from the measured constant rate) merged in time order with PyAV's audio."""
-    import heapq
+@dataclass(frozen=True, slots=True)
+class Video:
+    time: float | None
+    picture: Any  # a Picture; or RGB already at the model's size (an array, or DALI's DeviceFrame)
 
-    from . import dali
 
-    source, rate = source
-    start = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
-    data = Path(source).read_bytes()
+@dataclass(frozen=True, slots=True)
+class Audio:
+    time: float | None  # None: follows the previous samples (a resampler's tail)
+    samples: np.ndarray  # mono float32 at the spec's sample rate
 
-    state["period"] = float(1 / rate)
 
-    def video():
-        for k, rgb in enumerate(dali.frames(data, spec.image_size, "gpu" if device == "dali-gpu" else "cpu", on_device)):
-            time = start + float(k / rate)
-            state["last_time"] = time
-            state["decoded_video"] += 1
-            yield ("v", time, rgb)
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """Frames lost here: packets that did not decode."""
 
-    audio = pyav_events(container, None, astream, name, state) if astream else iter(())
-    # Audio with no time (the resampler's tail) sorts last.
-    return heapq.merge(video(), audio, key=lambda e: float("inf") if e[1] is None else e[1])
+    frames: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChanged:
+    """The audio's format, layout or rate changed: resampled afresh from here (flagged)."""
+
+    time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioEnded:
+    """No more audio (a second source ended or failed): later chunks go out without waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioLate:
+    """A live audio source kept a chunk waiting too long: it goes out with silence for what is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The video is over. ``duration``: what the container declares (a shorter video is truncated);
+    ``frame_period``: the declared frame period, for the last frame's length when none was measured."""
+
+    duration: float | None = None
+    frame_period: float | None = None
+
+
+Event = Decoding | Video | Audio | Damaged | AudioChanged | AudioEnded | AudioLate | Ended
+
+
+class Progress(Protocol):
+    """What a decoder may read back from the assembler to pace itself (GStreamer's audio read-ahead)."""
+
+    @property
+    def audio_end_time(self) -> float | None: ...
+
+    @property
+    def video_end_time(self) -> float: ...  # when the last frame so far stops showing
+
+    @property
+    def chunk_waiting(self) -> bool: ...  # a chunk's frames are all there; its audio is not
+
+
+class Source(Protocol):
+    name: str  # for messages: the path, URL or description
+    has_audio: bool
+    audio_by_time: bool  # place audio by its timestamps (a second, live source) or back to back (a file)
+    audio_offset: float  # seconds added to a second audio source's timestamps (reported per chunk)
+
+    def events(self, progress: Progress) -> Iterator[Event]: ...
+
+    def close(self) -> None: ...

@@ -6,28 +6,35 @@
     chunks("rtsp://cam/stream", spec, decoder="gstreamer")  # RTSP through rtspsrc, hardware decode where there is one
     chunks("clip.mp4", spec, decoder="gstreamer")           # a file through uridecodebin
 
-A ``gst:`` description produces raw video; this module appends the conversion to the model's
-RGB frames and an appsink (a description that already ends in ``appsink name=video`` is used
-as it is). Files and URLs go through ``uridecodebin``, which picks the decoder by rank:
-``decoder="auto"`` prefers NVIDIA's hardware decoders where GStreamer has them,
-``"software"`` refuses them. ``Chunk.decoder`` names the element that decoded
-(``gstreamer:nvv4l2decoder``, ``gstreamer:avdec_h264``).
+A ``gst:`` description produces raw video; this module appends an appsink taking the decoded
+pictures as they are (I420, or RGB where the source gives RGB; videoconvert only repacks), and
+colour.py turns them into the model's RGB by the one policy every decoder follows (GStreamer's
+own conversion guessed untagged HD as BT.709 and read full-range H.264 in MP4 as limited). A
+description that already ends in ``appsink name=video`` is used as it is.
+
+Files and URLs go through ``uridecodebin``, which picks the decoder by rank: ``decoder="auto"``
+prefers NVIDIA's hardware decoders where GStreamer has them, ``"software"`` refuses them.
+``Chunk.decoder`` names the element that decoded (``gstreamer:nvv4l2decoder``, ``gstreamer:avdec_h264``).
 
 Audio comes from the source itself, or from a second source (``audio=``: ``alsa:DEVICE``,
 ``pulse:[DEVICE]``, ``gst:DESCRIPTION``, a file). A second source runs as its own pipeline on
 the video pipeline's clock and base time, so both are timestamped by one clock (GStreamer's
 audio sources slave their sample clock to it, which absorbs the microphone's drift) and an
-unplugged microphone cannot stop the video. See ``audio.py`` for the merge and its policy.
+unplugged microphone cannot stop the video. See ``gst_source.py`` for the merge and its policy.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import av
 import numpy as np
 
+from ..native import gcc_unwinder_first
+from . import colour
+from .pyav_source import PyAVPicture
 from .types import ChunkSpec, DecodeError, UnsupportedCodec
 
 GST_PREFIX = "gst:"
@@ -44,14 +51,16 @@ def gst():
     global _Gst
     with _INIT:
         if _Gst is None:
+            gcc_unwinder_first()  # before GStreamer brings libunwind (runtime/native.py says why)
             try:
                 import gi
 
                 gi.require_version("Gst", "1.0")
                 gi.require_version("GstApp", "1.0")
                 gi.require_version("GstBase", "1.0")
-                # GstApp: the appsink's pull methods; GstBase: which sources are live.
-                from gi.repository import Gst, GstApp, GstBase  # noqa: F401
+                gi.require_version("GstVideo", "1.0")
+                # GstApp: the appsink's pull methods; GstBase: which sources are live; GstVideo: layouts.
+                from gi.repository import Gst, GstApp, GstBase, GstVideo  # noqa: F401
             except (ImportError, ValueError) as exc:
                 raise DecodeError(
                     f"GStreamer sources need PyGObject and GStreamer's typelibs ({exc}); on Jetson they come "
@@ -110,10 +119,9 @@ def prefer_decoders(decoder: str) -> None:
 
 
 def video_branch(spec: ChunkSpec) -> str:
-    size = spec.image_size
-    # add-borders=false: stretch to the square, as PyAV's reformat does (no letterbox).
-    return ("queue max-size-buffers=8 ! videoconvert ! videoscale add-borders=false ! "
-            f"video/x-raw,format=RGB,width={size},height={size},pixel-aspect-ratio=1/1 ! "
+    # No scaling here: colour.py resizes with the filter every decoder shares; videoconvert only
+    # repacks (NV12 from hardware decoders to I420, BGRx to RGB), and passes I420 through.
+    return ("queue max-size-buffers=8 ! videoconvert ! video/x-raw,format=(string){I420,RGB} ! "
             "appsink name=video sync=false async=false max-buffers=8 emit-signals=false")
 
 
@@ -166,25 +174,131 @@ def describe_audio(source: Any, spec: ChunkSpec) -> str:
     return f"{head} ! {audio_branch(spec)}"
 
 
-def sample_array(sample, channels: int | None = None) -> tuple[float | None, np.ndarray]:
+def sample_time(sample) -> float | None:
     """A sample's running time (seconds: on the pipeline clock from its start, comparable between
-    pipelines that share clock and base time) and a copy of its data: RGB frames [H, W, 3], or mono audio."""
+    pipelines that share clock and base time)."""
     Gst = gst()
     buffer = sample.get_buffer()
-    time = None
-    if buffer.pts != Gst.CLOCK_TIME_NONE:
-        running = sample.get_segment().to_running_time(Gst.Format.TIME, buffer.pts)
-        time = (running if running != Gst.CLOCK_TIME_NONE else buffer.pts) / Gst.SECOND
-    ok, info = buffer.map(Gst.MapFlags.READ)
+    if buffer.pts == Gst.CLOCK_TIME_NONE:
+        return None
+    running = sample.get_segment().to_running_time(Gst.Format.TIME, buffer.pts)
+    return (running if running != Gst.CLOCK_TIME_NONE else buffer.pts) / Gst.SECOND
+
+
+def _copy(buffer) -> np.ndarray:
+    ok, info = buffer.map(gst().MapFlags.READ)
     if not ok:
         raise DecodeError("a GStreamer buffer could not be read")
     try:
-        data = np.frombuffer(info.data, dtype=np.uint8).copy()
+        return np.frombuffer(info.data, dtype=np.uint8).copy()
     finally:
         buffer.unmap(info)
-    if channels is not None:
-        return time, data.view(np.float32)
-    structure = sample.get_caps().get_structure(0)
-    width, height = structure.get_value("width"), structure.get_value("height")
-    stride = len(data) // height  # rows may be padded to 4 bytes
-    return time, data.reshape(height, stride)[:, : width * 3].reshape(height, width, 3)
+
+
+def sample_audio(sample) -> np.ndarray:
+    """A copy of an audio sample's mono float32 samples."""
+    return _copy(sample.get_buffer()).view(np.float32)
+
+
+# GstVideoColorMatrix nicks -> colour.py's matrices
+GST_MATRIX = {"bt601": "bt601", "bt709": "bt709", "bt2020": "bt2020", "smpte240m": "smpte240m", "fcc": "fcc",
+              "rgb": "rgb"}
+
+
+def caps_colour(structure, width: int, height: int, tags: colour.Colour | None = None) -> colour.Colour:
+    """The policy for a picture's caps: ``tags`` where the stream's own were read another way (a
+    file: FFmpeg reads its bitstream); else the caps' colorimetry, which a decoder leaves out when
+    the stream does not say (then the policy's rule, not GStreamer's guess)."""
+    if tags is not None:
+        return tags
+    text = structure.get_string("colorimetry")
+    if not text:
+        return colour.policy(None, None, width, height)
+    from gi.repository import GstVideo
+
+    parsed = GstVideo.VideoColorimetry()
+    if not parsed.from_string(text):
+        raise DecodeError(f"GStreamer caps have a colorimetry this GStreamer cannot parse: {text!r}")
+    matrix = GST_MATRIX.get(parsed.matrix.value_nick)
+    full = {"0-255": True, "16-235": False}.get(parsed.range.value_nick)
+    return colour.policy(matrix, full, width, height)
+
+
+class Layout(NamedTuple):
+    """What a caps means for the bytes of its buffers."""
+
+    format: str  # I420 or RGB
+    width: int
+    height: int
+    stride: list  # bytes per row, per plane
+    offset: list  # where each plane starts
+    colour: colour.Colour
+    size: int  # bytes a buffer holds at least
+
+
+class GstPicture:
+    """A video sample's bytes and layout; when the model's clock samples it, copied into a PyAV frame
+    (I420 as yuv420p, RGB as rgb24) that colour.py converts exactly as it converts PyAV's own."""
+
+    __slots__ = ("data", "layout")
+
+    def __init__(self, data: np.ndarray, layout: Layout) -> None:
+        self.data, self.layout = data, layout
+
+    def frame(self) -> av.VideoFrame:
+        layout = self.layout
+        frame = av.VideoFrame(layout.width, layout.height, AV_FORMAT[layout.format])
+        for plane, stride, offset in zip(frame.planes, layout.stride, layout.offset):
+            row = plane.width * (3 if layout.format == "RGB" else 1)
+            rows = self.data[offset : offset + plane.height * stride].reshape(plane.height, stride)
+            np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :row] = rows[:, :row]
+        return frame
+
+    def to_rgb(self, size: int) -> np.ndarray:
+        return PyAVPicture(self.frame(), self.layout.colour, bare=True).to_rgb(size)
+
+
+class Layouts:
+    """The layout of each caps a video sink delivers (they rarely change: the last one is kept)."""
+
+    def __init__(self, tags: colour.Colour | None) -> None:
+        self.tags, self.caps, self.layout = tags, None, None
+
+    def of(self, caps) -> Layout:
+        if self.caps is not None and caps.is_equal(self.caps):
+            return self.layout
+        from gi.repository import GstVideo
+
+        info = GstVideo.VideoInfo.new_from_caps(caps)
+        fmt = GstVideo.VideoFormat.to_string(info.finfo.format) if info is not None else "?"
+        if fmt not in AV_FORMAT:
+            raise DecodeError(f"the GStreamer video appsink gets {fmt} pictures; it takes I420 or RGB "
+                              f"(end the description with videoconvert ! video/x-raw,format=I420): {caps.to_string()}")
+        picture_colour = caps_colour(caps.get_structure(0), info.width, info.height, self.tags)
+        self.caps = caps
+        self.layout = Layout(fmt, info.width, info.height, list(info.stride), list(info.offset), picture_colour,
+                             info.size)
+        return self.layout
+
+
+def sample_picture(sample, layouts: Layouts) -> GstPicture:
+    """A video sample's picture, copied out of its buffer (converted later, if sampled)."""
+    layout = layouts.of(sample.get_caps())
+    buffer = sample.get_buffer()
+    meta = _video_meta(buffer)
+    if meta is not None:  # a producer's own row padding and plane placement
+        layout = layout._replace(stride=list(meta.stride), offset=list(meta.offset))
+    data = _copy(buffer)
+    if meta is None and len(data) < layout.size:
+        raise DecodeError(f"a GStreamer {layout.format} {layout.width}x{layout.height} buffer holds {len(data)} "
+                          f"bytes; its caps need {layout.size}")
+    return GstPicture(data, layout)
+
+
+AV_FORMAT = {"I420": "yuv420p", "RGB": "rgb24"}
+
+
+def _video_meta(buffer):
+    from gi.repository import GstVideo
+
+    return GstVideo.buffer_get_video_meta(buffer)

@@ -14,7 +14,8 @@
   makes the decoder wait (for files). Every drop is counted in ``stats``.
 
 Chunk indices and times keep counting across reconnects and drops, so a gap in
-``Chunk.index`` is exactly the chunks that were dropped or lost.
+``Chunk.index`` is exactly the chunks that were dropped or lost: each reconnect resumes
+``chunks()`` from the next index and the last chunk's end (the assembler numbers and times them).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from mirasol_edge.errors import UsageError
@@ -136,25 +137,20 @@ class LiveSource:
             self._cond.notify_all()
 
     def _run(self) -> None:
-        index, t_offset, failures = 0, 0.0, 0
+        resume, failures = None, 0  # (index, t0) of the next chunk, once one came
         try:
             while not self._stop.is_set():
                 reason = "ended"
                 try:
-                    first_t0 = None
                     for chunk in chunks(self.source, self.spec, last=self.last, timeout=self.timeouts,
-                                        decoder=self.decoder, audio=self.audio, audio_offset=self.audio_offset):
+                                        decoder=self.decoder, audio=self.audio, audio_offset=self.audio_offset,
+                                        resume=resume):
                         if self._stop.is_set():
                             return
-                        first_t0 = chunk.t0 if first_t0 is None else first_t0
-                        shift = t_offset - first_t0
                         self.stats.chunks += 1
                         failures = 0  # it works again
-                        self._put(replace(chunk, index=index, t0=chunk.t0 + shift, t1=chunk.t1 + shift))
-                        index += 1
-                        last_t1 = chunk.t1 + shift
-                    if first_t0 is not None:
-                        t_offset = last_t1
+                        resume = (chunk.index + 1, chunk.t1)
+                        self._put(chunk)
                     if not self.reconnect_on_end:
                         return
                 except DecodeError as exc:

@@ -3,7 +3,7 @@
 Several engine directories (backends, precisions) run alternately in one process, A B A B
 in blocks of chunks, so drift on a shared machine hits them alike; the report gives ratios
 against the first. Each stage is also compared with its physical floor on this machine
-(``mirasol_edge.bench.floor``). The JSON report's schema is ``SCHEMA`` below and in
+(``mirasol_edge.measure.floor``). The JSON report's schema is ``SCHEMA`` below and in
 bench/README.md.
 """
 
@@ -19,11 +19,12 @@ import click
 import numpy as np
 from rich.console import Console
 
-from mirasol_edge.bench.report import plot, print_table
-from mirasol_edge.bench.stats import STAGES, stats
 from mirasol_edge.errors import MirasolError
+from mirasol_edge.measure.report import plot, print_table
+from mirasol_edge.measure.stats import STAGES, stats
 from mirasol_edge.runtime import machine
 from mirasol_edge.runtime.backends import split_backend
+from mirasol_edge.runtime.backends.base import NAMES
 from mirasol_edge.runtime.engine_dir import EngineDir
 from mirasol_edge.runtime.stream import MirasolEngines, RawChunk
 
@@ -279,7 +280,7 @@ def _report(runs: list[Run], dirs: list[EngineDir], src: Source, chunks: int, wa
 @click.option("--streams", type=click.IntRange(min=1), default=1, show_default=True,
               help="also measure N parallel streams over the same engines")
 @click.option("--backend", "-b", default="auto", show_default=True,
-              type=click.Choice(["auto", "tensorrt", "tensorrt-rtx", "onnxruntime", "torch"]))
+              type=click.Choice(NAMES))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the JSON report here")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write the PNG plots here")

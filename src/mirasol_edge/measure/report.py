@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mirasol_edge.bench.stats import STAGES
+from mirasol_edge.measure.stats import STAGES
 from mirasol_edge.runtime.files import atomic_path
 
 

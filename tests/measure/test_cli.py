@@ -5,7 +5,7 @@ import shutil
 
 from click.testing import CliRunner
 
-from mirasol_edge.bench.cli import SCHEMA, STAGES, main
+from mirasol_edge.measure.cli import SCHEMA, STAGES, main
 from tests.media import write_clip
 
 
