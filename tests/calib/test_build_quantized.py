@@ -178,7 +178,7 @@ def test_a_snapshot_of_the_int8_build_continues_on_the_fp32_and_rtx_builds(int8_
             matched += sum(got[QUESTIONS[kind]] == answer for kind, answer in facts.answers().items())
     assert matched >= 0.9 * 3 * len(targets) * len(QUESTIONS)  # and they are the clips' right answers
     manifest = json.loads((fp32 / "manifest.json").read_text())
-    manifest["model"]["identity"] = "0" * 64  # as another model's build would have it
+    manifest["model"]["sha256"] = "0" * 64  # another model's weights
     (fp32 / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SnapshotError, match="taken with another model"):
         MirasolStream.restore(tmp_path / f"{seed}.state", fp32)

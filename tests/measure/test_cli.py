@@ -48,7 +48,7 @@ def test_refusals_name_the_problem(tmp_path, tiny_engines):
     manifest["model"]["config_hash"] = "0" * 16
     (other / "manifest.json").write_text(json.dumps(manifest))
     different = run("-e", tiny_engines, "-e", other, "--chunks", 2, "--warmup", 0)
-    assert different.exit_code == 2 and "different models (config_hash" in different.output
+    assert different.exit_code == 2 and "different models (weights" in different.output
 
     short = write_clip(tmp_path / "short.mp4", 2.0, fps=10, size=(64, 48))
     too_short = run("-e", tiny_engines, "--source", short, "--warmup", 5, "--chunks", 2)

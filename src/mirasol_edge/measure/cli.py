@@ -40,19 +40,20 @@ class BenchError(MirasolError, ValueError):
 
 
 def model_identity(d: EngineDir) -> dict:
+    """For the report: the model as the manifest records it (``EngineDir.model_identity`` decides sameness)."""
     model = d.manifest.model
     weights = model.get("sha256") or f"preset {model.get('preset')} seed {model.get('seed')}"
-    return {"config_hash": model["config_hash"], "weights": weights}
+    return {"identity": d.model_identity, "config_hash": model["config_hash"], "weights": weights}
 
 
 def check_same_model(dirs: list[EngineDir]) -> None:
-    first = model_identity(dirs[0])
+    """One notion of "the same model" for the bench and for snapshots: weights, config and state."""
     for d in dirs[1:]:
-        other = model_identity(d)
-        for key in ("config_hash", "weights"):
-            if other[key] != first[key]:
-                raise BenchError(f"{dirs[0].path} and {d.path} were built from different models ({key}: "
-                                 f"{first[key]} vs {other[key]}); side by side only compares builds of one model")
+        if d.model_identity != dirs[0].model_identity:
+            first, other = model_identity(dirs[0]), model_identity(d)
+            raise BenchError(f"{dirs[0].path} and {d.path} were built from different models (weights "
+                             f"{first['weights']} vs {other['weights']}, config {first['config_hash'][:12]} vs "
+                             f"{other['config_hash'][:12]}); side by side only compares builds of one model")
 
 
 def check_writable(path: Path | None, what: str) -> None:

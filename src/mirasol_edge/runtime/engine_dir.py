@@ -80,9 +80,9 @@ class EngineDir:
 
     @property
     def model_identity(self) -> str:
-        """The model this build runs (``manifest.model_identity``): recorded by the build, worked out
-        here for builds from before it was."""
-        return self.manifest.model.get("identity") or model_identity(self.manifest.model, self.manifest.state.tensors)
+        """The model this build runs (``manifest.model_identity``), worked out from what the manifest
+        records (the build writes it too, for people): a recorded copy could disagree with its inputs."""
+        return model_identity(self.manifest.model, self.manifest.state.tensors)
 
     @property
     def batch(self) -> int:
