@@ -5,11 +5,8 @@ snapshot there and replays the chunks since), every chunk index once, with the a
 uninterrupted in-process streams."""
 
 import concurrent.futures as cf
-import re
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,10 +20,9 @@ from mirasol_edge.serve.repository import ServeOptions, write_repository
 from mirasol_edge.toolkit.build import build
 from mirasol_edge.toolkit.recipe import load_recipe
 from tests.conftest import triton_python
-from tests.serve.test_router import _nginx
+from tests.serve.test_router import _config, _router
 
 pytest.importorskip("tritonclient.grpc")
-CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "nginx.conf"  # the plaintext router
 STREAMS, BEFORE, AFTER = 16, 4, 8  # pushes before the kill and after it
 QUESTION = "what colour is the square?"
 
@@ -43,23 +39,7 @@ def two_builds(tmp_path_factory):
     return one, repos
 
 
-def _router(servers: list[str], folder) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    text = CONFIG.read_text()
-    for i, server in enumerate(servers):
-        text = re.sub(rf"(?m)^(\s*)server triton-{i}\.triton:8001;.*$", rf"\1server {server};", text)
-    text = text.replace("listen 8001 http2;", f"listen 127.0.0.1:{port} http2;")
-    (folder / "nginx.conf").write_text(text)
-    (folder / "logs").mkdir()
-    router = subprocess.Popen([_nginx(), "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g",
-                               f"daemon off; pid {folder}/nginx.pid; error_log {folder}/logs/error.log;"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return router, f"127.0.0.1:{port}"
-
-
 def test_every_stream_finishes_on_the_other_server_when_one_dies(two_builds, tmp_path):
-    from tritonclient.grpc import InferenceServerClient
-
     engines, repos = two_builds
     decoded = list(chunks(SAMPLE_CLIP, MirasolStream.open(engines).spec))
     sequence = [decoded[i % len(decoded)] for i in range(BEFORE + AFTER)]
@@ -70,12 +50,9 @@ def test_every_stream_finishes_on_the_other_server_when_one_dies(two_builds, tmp
     first.start()
     try:
         second.start()
-        router, url = _router([first.url, second.url], tmp_path)
-        try:
-            deadline = time.monotonic() + 60
-            while not InferenceServerClient(url).is_server_live():
-                assert router.poll() is None and time.monotonic() < deadline, router.stderr.read()
-                time.sleep(0.2)
+        port = free_port()
+        url = f"127.0.0.1:{port}"
+        with _router(_config("nginx.conf", [first.url, second.url], "8001", port, tmp_path), url):
             killed = threading.Barrier(STREAMS + 1, timeout=240)
 
             def stream(i: int):
@@ -94,9 +71,6 @@ def test_every_stream_finishes_on_the_other_server_when_one_dies(two_builds, tmp
                 killed.wait()
                 first.kill()
                 done = [f.result(timeout=300) for f in futures]
-        finally:
-            router.terminate()
-            router.wait(timeout=30)
     finally:
         first.stop()
         second.stop()

@@ -6,6 +6,8 @@ short timeouts, and each refusal is timed."""
 
 import json
 import os
+import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import trustme
 from click.testing import CliRunner
 
 from mirasol_edge.cli.run import main as run_main
@@ -22,8 +25,6 @@ from mirasol_edge.serve.client import RemoteStream, ServerError
 from mirasol_edge.serve.local_server import LocalTriton, Restricted
 from mirasol_edge.serve.tls import ClientTLS, ServerTLS
 from tests.conftest import triton_python
-
-trustme = pytest.importorskip("trustme")
 
 SECRET = "s3cret-admin-key"
 QUICK = dict(timeout_s=10.0, connect_retry_s=1.0, recovery=None)  # a refusal shows at once, not after retries
@@ -215,3 +216,49 @@ def test_restricted_options_are_checked():
         Restricted(SECRET, header="Admin:Key")
     with pytest.raises(UsageError, match="empty"):
         Restricted("")
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _dockerfile_flags(tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
+    """deploy/triton/Dockerfile's CMD run by a real shell, with a stand-in tritonserver that prints its arguments."""
+    text = (DEPLOY / "triton" / "Dockerfile").read_text().replace("\\\n", " ")
+    cmd = re.search(r"(?m)^CMD (exec tritonserver .*)$", text).group(1)
+    groups = re.search(r"(?m)^ENV TRITON_ADMIN_GROUPS=(\S+)$", text).group(1)
+    fake = tmp_path / "bin" / "tritonserver"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake.chmod(0o755)
+    return subprocess.run(["/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=30,
+                          env={"PATH": f"{fake.parent}:/usr/bin:/bin", "TRITON_ADMIN_GROUPS": groups, **env})
+
+
+def test_the_deploy_files_flags_run_on_tritonserver_and_lock_it_down(twin_repository, certs, tmp_path):
+    refused = _dockerfile_flags(tmp_path, {})
+    assert refused.returncode != 0 and "set TRITON_ADMIN_KEY" in refused.stderr  # no key: no server
+    flags = _dockerfile_flags(tmp_path, {"TRITON_ADMIN_KEY": SECRET}).stdout.split()
+    k8s = re.findall(r"(?m)^\s+- (--\S+)", (DEPLOY / "k8s" / "mirasol-triton.yaml").read_text())
+    assert [f.replace("$(TRITON_ADMIN_KEY)", SECRET) for f in k8s if not f.startswith("--exit-timeout")] == flags
+    files = {"/tls/tls.crt": certs.server, "/tls/tls.key": certs.server_key, "/tls/ca.crt": certs.ca}
+    flags = [re.sub(r"/tls/\w+\.\w+", lambda m: str(files[m.group(0)]), f) for f in flags
+             if not f.startswith("--model-repository=")]
+    assert any(f.startswith("--grpc-use-ssl-mutual=true") for f in flags)
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    tls = ClientTLS(certs.ca, certs.client, certs.client_key)
+    with LocalTriton(twin_repository, triton_python(), args=flags) as server:
+        with RemoteStream(server.url, "deployed", tls=tls, **QUICK) as remote:
+            assert remote.push(**_chunk(remote)).index == 0
+        _refused(server.url, ClientTLS(certs.ca), "mutual TLS")
+        client = grpcclient.InferenceServerClient(server.url, **tls.client_options())
+        with pytest.raises(InferenceServerException, match="This protocol is restricted"):
+            client.get_inference_statistics(client_timeout=10)
+        base = f"http://127.0.0.1:{server.http_port}"
+        for path in ("/v2/models/stats", "/v2/models/mirasol/config", "/v2"):  # HTTP: health only, without the key
+            with pytest.raises(urllib.error.HTTPError, match="403"):
+                urllib.request.urlopen(base + path, timeout=10)
+            request = urllib.request.Request(base + path, headers={"triton-admin-key": SECRET})
+            assert urllib.request.urlopen(request, timeout=10).status == 200
+        assert urllib.request.urlopen(base + "/v2/health/ready", timeout=10).status == 200

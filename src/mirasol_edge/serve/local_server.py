@@ -102,9 +102,10 @@ def free_port() -> int:
 
 
 class LocalTriton:
-    """``host``: the address every endpoint binds (127.0.0.1: this machine only). ``tls``: gRPC over
-    TLS (mutual with ``ServerTLS.client_ca``). ``restricted``: groups behind a header value (one
-    ``Restricted`` or several). ``args``: more tritonserver flags, appended."""
+    """``host``: the address every endpoint binds (127.0.0.1: this machine only; 0.0.0.0: every
+    interface, as in a container). ``tls``: gRPC over TLS (mutual with ``ServerTLS.client_ca``).
+    ``restricted``: groups behind a header value (one ``Restricted`` or several). ``args``: more
+    tritonserver flags, appended."""
 
     def __init__(self, repo: str | Path, python: str | Path | None = None, *, host: str = "127.0.0.1",
                  tls: ServerTLS | None = None, restricted: Restricted | Sequence[Restricted] = (),
@@ -124,10 +125,14 @@ class LocalTriton:
 
     @property
     def url(self) -> str:
-        """Where clients connect (gRPC): ``localhost`` for a loopback or wildcard bind, so a
-        certificate for localhost matches; else the bound address."""
-        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost") else self.host
-        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
+        """Where clients connect (gRPC): the bound address (loopback for a wildcard bind). Not
+        ``localhost``: it may resolve to ::1 first, where a server bound to 127.0.0.1 is not, and
+        gRPC then reports that refusal instead of the real one (a TLS certificate refused)."""
+        return self._address(self.grpc_port)
+
+    def _address(self, port: int) -> str:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def __enter__(self) -> LocalTriton:
         return self.start()
@@ -172,8 +177,7 @@ class LocalTriton:
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "localhost") else "::1" if self.host == "::" else self.host
-        url = f"http://{f'[{host}]' if ':' in host else host}:{self.http_port}/v2/health/ready"
+        url = f"http://{self._address(self.http_port)}/v2/health/ready"
         headers = {r.header: r.value for r in self.restricted if "health" in r.groups}
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -86,8 +86,11 @@ class ServerTLS:
 
 def tls_hint(message: str, tls: ClientTLS | None) -> str:
     """What to check when a connection failed in its TLS handshake, or was closed before any answer
-    (a TLS server refuses plaintext, and a mutual-TLS server a client without an accepted certificate,
-    by closing the socket)."""
+    (tritonserver refuses plaintext on a TLS port, and a client without an accepted certificate under
+    mutual TLS, by closing the socket; NGINX answers the latter with HTTP 400); "" for other failures."""
+    if "with status: 400" in message and tls is not None:  # NGINX answers HTTP 400 to a certificate it refuses
+        return ("a TLS router refused this client: it takes only client certificates from its CA "
+                f"({'none given: --tls-cert, --tls-key' if tls.cert is None else tls.cert})")
     if "andshake" not in message and "Socket closed" not in message:
         return ""
     if tls is None:
