@@ -11,10 +11,11 @@ TRITON_VENV ?= .venv-triton
 
 # What the tests take from Debian: NGINX (the router in front of two Triton servers), GStreamer
 # with its libav decoders, typelibs and RTSP server, what PyGObject builds against, and
-# qemu-user-static (tests/package/test_arm.py runs the wheel in Debian's arm64 Python, emulated).
+# qemu-user-static (tests/package/test_arm.py runs the wheel in Debian's arm64 Python, emulated),
+# and Mosquitto (a real MQTT broker for the watch events' MQTT sink).
 DEBIAN_PACKAGES := nginx-light gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
-	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config qemu-user-static
+	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config qemu-user-static mosquitto
 
 .PHONY: setup demo test lint triton-venv debian-packages gstreamer-python
 
