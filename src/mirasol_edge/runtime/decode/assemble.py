@@ -216,7 +216,7 @@ class Assembler:
                 flags |= Flags.AUDIO_GAP
             shift = self.resume[1] - self.sampler.t_start if self.resume else 0.0  # onto the resumed clock
             yield Chunk(_stack(take), self.mel_fn(samples), t0 + shift, t1 + shift, self.index, flags,
-                        self.damaged_frames, self.decoder, self.audio_offset)
+                        self.damaged_frames, self.decoder, self.audio_offset, samples)
             self.frames = self.frames[spec.frames_per_chunk :]
             self.count, self.damaged_frames, self.audio_changed, self.gap = self.count + 1, 0, False, False
             if self.audio_t0 is not None:  # keep memory bounded: drop audio before the next chunk

@@ -89,3 +89,6 @@ class Chunk:
     damaged_frames: int = 0  # frames lost in this chunk: undecodable packets and gaps in the timestamps
     decoder: str = "pyav"  # which path decoded the video: pyav, dali-cpu, dali-gpu, gstreamer:<element>
     audio_offset: float = 0.0  # seconds added to a second audio source's timestamps (gst_source.py)
+    # [S] float32 mono at ``ChunkSpec.sample_rate``: exactly [t0, t1), the samples the mel was computed
+    # from (zeros where the source has none: Flags.SILENT / AUDIO_GAP); one chunk's worth, a fresh array
+    audio: np.ndarray | None = None
