@@ -79,7 +79,8 @@ def test_orin_nano_bundle_is_int8_int4_and_tensorrt_rtx_builds_it(tmp_path):
     manifest = build(load_recipe("orin-nano", SMALL), out, checkpoint=BUNDLED, stage="export", **quantization_hooks())
     assert manifest["backend"]["engines_built"] is False
     assert {c: e["precision"] for c, e in manifest["components"].items()} == {
-        "chunk_encoder": "int8", "ar_step": "int4", "text_prefill": "int4", "text_decode": "int4"}
+        "chunk_encoder": "int8", "ar_step": "int4", "text_prefill": "int4", "text_decode": "int4",
+        "text_score": "int4"}
     ar = onnx.load(str(out / manifest["components"]["ar_step"]["onnx"]))
     int4 = [i for i in ar.graph.initializer if i.data_type == onnx.TensorProto.INT4]
     assert int4, "AR weights are int4 behind DequantizeLinear"

@@ -18,8 +18,9 @@ ALLOWED = {
     "calib": {"errors", "assets", "runtime", "toolkit"},
     "measure": {"errors", "console", "runtime"},  # mirasol-bench: stages, floors, stats, reports
     "serve": {"errors", "runtime"},  # Triton: the repository, the stream model inside it, the client
+    "events": {"errors", "runtime"},  # where watch events go: webhook, MQTT, their spool
     "demo": {"errors", "console", "assets", "runtime", "toolkit", "calib"},
-    "cli": {"errors", "console", "assets", "runtime", "toolkit", "calib", "demo", "measure", "serve"},
+    "cli": {"errors", "console", "assets", "runtime", "toolkit", "calib", "demo", "measure", "serve", "events"},
 }
 
 

@@ -115,7 +115,7 @@ def test_the_contracts_dynamic_ranges_are_the_built_profiles(tiny_engines):
     manifest = load_manifest(tiny_engines)
     specs = _build_contracts(manifest)
     profiled = [(name, entry) for name, c in manifest.components.items() for entry in c.inputs if entry.name in c.profiles]
-    assert {name for name, _ in profiled} == {"text_prefill", "text_decode"}
+    assert {name for name, _ in profiled} == {"text_prefill", "text_decode", "text_score"}
     for name, entry in profiled:
         profile = manifest.components[name].profiles[entry.name]
         dummy = specs[name].dummy_inputs()[entry.name]

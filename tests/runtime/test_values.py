@@ -191,7 +191,7 @@ def test_snapshot_to_a_directory_is_refused(stream, tmp_path):
 def test_snapshot_bytes_carry_no_path_and_files_name_their_engines(stream, snap, tiny_engines):
     data = stream.snapshot_bytes()
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]
-    assert set(header) == {"format", "model", "manifest_sha256", "chunks_seen"}
+    assert set(header) == {"format", "model", "manifest_sha256", "chunks_seen", "watches"}
     assert str(tiny_engines.resolve()).encode() not in data
     assert read_snapshot_metadata(snap)["engine_dir"] == str(tiny_engines.resolve())
     again = stream.engines.stream()

@@ -16,7 +16,7 @@ from mirasol_edge.toolkit.engines import EngineBuildError, build_tensorrt
 from mirasol_edge.toolkit.preflight import OutputDirError
 from mirasol_edge.toolkit.recipe import RecipeError, load_recipe
 
-COMPONENTS = ["chunk_encoder", "ar_step", "text_prefill", "text_decode"]
+COMPONENTS = ["chunk_encoder", "ar_step", "text_prefill", "text_decode", "text_score"]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from mirasol_edge.errors import MirasolError
-from mirasol_edge.toolkit.export import Parity, onnx_outputs, onnx_parity
+from mirasol_edge.toolkit.parity import Parity, onnx_outputs, onnx_parity
 
 from .collect import Sample
 

@@ -11,19 +11,21 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mirasol_edge.assets import SAMPLE_CLIP, SAMPLE_QUESTIONS
 from mirasol_edge.console import err, fail
 from mirasol_edge.measure.stats import stats
 from mirasol_edge.runtime.backends.base import NAMES
 from mirasol_edge.runtime.decode.chunks import LIVE_PREFIXES
-from mirasol_edge.runtime.decode.types import Flags
 from mirasol_edge.runtime.results import check_question
+from mirasol_edge.runtime.watch import slug
+
+from .report import Reporter
+from .watching import WatchPlan, close_sinks, start_watching, watch_options
 
 
 def _expected_chunks(source: str, chunk_seconds: float) -> int | None:
@@ -70,76 +72,13 @@ def _load_questions(path: str) -> dict[str, str]:
         raise click.UsageError(f"{path}: expected {{\"qa\": [{{\"question\": ..., \"answer\": ...}}]}} ({exc})") from None
 
 
-class Reporter:
-    """Per-chunk lines, answers and the final summary, as rich text or JSON lines."""
-
-    def __init__(self, as_json: bool, total: int | None) -> None:
-        self.as_json = as_json
-        self.console = Console()
-        self.progress = None
-        if not as_json and total:
-            self.progress = Progress(TextColumn("[bold]streaming"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
-            self.task = self.progress.add_task("chunks", total=total)
-            self.progress.start()
-
-    def chunk(self, result, wait_ms: float) -> None:
-        t = result.timings
-        if self.as_json:
-            click.echo(json.dumps({"event": "chunk", "index": result.index, "t0": result.t0, "t1": result.t1,
-                                   "flags": result.flags, "wait_ms": round(wait_ms, 3),
-                                   "encode_ms": round(t.encode_ms, 3), "ar_ms": round(t.ar_ms, 3),
-                                   "push_ms": round(t.total_ms, 3)}))
-            return
-        line = (f"chunk {result.index:5d}  [{result.t0:7.2f}s, {result.t1:7.2f}s)  wait {wait_ms:7.2f} ms  "
-                f"push {t.total_ms:7.2f} ms (encode {t.encode_ms:.2f}, AR {t.ar_ms:.2f})")
-        if result.flags & Flags.PADDED:
-            line += "  (padded: the source ended mid-chunk)"
-        self.console.print(line, highlight=False)
-        if self.progress:
-            self.progress.advance(self.task)
-
-    def answer(self, question: str, answer, expected: str | None = None) -> None:
-        if self.as_json:
-            event = {"event": "answer", "question": question, "answer": answer.text,
-                     "chunks_seen": answer.chunks_seen, "truncated": answer.truncated,
-                     "first_token_ms": round(answer.first_token_ms, 3), "total_ms": round(answer.total_ms, 3),
-                     "tokens": len(answer.tokens)}
-            if expected is not None:
-                event.update(expected=expected, correct=answer.text == expected)
-            click.echo(json.dumps(event))
-            return
-        check = ""
-        if expected is not None:
-            check = ("  [green]✓[/]" if answer.text == expected else "  [red]✗[/]") + f" expected {expected!r}"
-        self.console.print(f"[bold cyan]Q[/] (after {answer.chunks_seen} chunks) {question}\n[bold green]A[/] "
-                           f"{answer.text!r}{check}   [dim]first token {answer.first_token_ms:.1f} ms, "
-                           f"{len(answer.tokens)} tokens in {answer.total_ms:.1f} ms[/]", highlight=False)
-
-    def summary(self, summary: dict) -> None:
-        if self.progress:
-            self.progress.stop()
-        if self.as_json:
-            click.echo(json.dumps({"event": "summary", **summary}))
-            return
-        push, wait = summary["push_ms"] or {}, summary["wait_ms"] or {}
-        self.console.print(
-            f"[bold]{summary['chunks']} chunks[/] ({summary['media_seconds']:.1f} s of media) in "
-            f"{summary['wall_seconds']:.2f} s: {summary['realtime_factor']:.1f}x real time on "
-            f"{summary['backend']['backend']} ({summary['backend']['device']})\n"
-            f"push ms  p50 {push.get('p50', 0):.2f}  p99 {push.get('p99', 0):.2f}  max {push.get('max', 0):.2f}   "
-            f"wait for chunk ms  p50 {wait.get('p50', 0):.2f}  p99 {wait.get('p99', 0):.2f}"
-            + (f"\n[bold]{summary['correct']} answers as expected[/]" if summary["correct"] else "")
-            + (f"\ndropped {summary['dropped']} chunks, {summary['reconnects']} reconnects"
-               if summary["dropped"] or summary["reconnects"] else ""), highlight=False)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("source", required=False)
 @click.option("--engines", "-e", "engine_dir", type=click.Path(file_okay=False),
               help="an engine directory built by mirasol-build")
 @click.option("--server", metavar="HOST:PORT", help="stream to a Triton server (gRPC) instead of local engines")
-@click.option("--stream-id", help="with --server: this stream's ID (routers pin it to a server); default: a new one")
+@click.option("--stream-id", help="this stream's name in events and evidence; with --server also its ID (routers "
+              "pin it to a server); default: a new one")
 @click.option("--ask", "-a", "questions", multiple=True, help="a question; repeat for several")
 @click.option("--questions", "questions_file", type=click.Path(dir_okay=False, exists=True),
               help="a JSON file of questions with expected answers ({\"qa\": [{\"question\", \"answer\"}]}, as "
@@ -178,9 +117,10 @@ class Reporter:
 @click.option("--tls-cert", type=click.Path(dir_okay=False), metavar="FILE",
               help="with --server: this client's certificate (PEM), for a server that asks for one (mutual TLS)")
 @click.option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE", help="the private key of --tls-cert (PEM)")
+@watch_options
 def main(source, engine_dir, server, stream_id, questions, questions_file, sample, ask_every, backend, device, max_chunks,
          last, drop, reconnects, threads, decoder, audio_source, audio_offset, restore, snapshot, as_json, token_file,
-         takeover, tls_ca, tls_cert, tls_key):
+         takeover, tls_ca, tls_cert, tls_key, **watching):
     """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
     ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
 
@@ -188,11 +128,13 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
     mirasol-run --sample --engines engines/tiny-cpu          # the bundled clip and its questions
     mirasol-run clip.mp4 --engines engines/tiny-cpu --ask "what colour is the square?"
     mirasol-run rtsp://cam/stream -e engines/rtx -a "is anyone there?" --ask-every 30 --json
+    mirasol-run rtsp://cam/stream -e engines/rtx --watch "is anyone at the door?" --evidence clips/ --mqtt mqtt://broker:1883/site
     mirasol-run rtsp://cam/stream --server triton:8001 --stream-id cam-7 -a "is anyone there?"
     mirasol-run rtsp://cam/stream --server router:8443 --tls-ca ca.pem --tls-cert cam-7.pem --tls-key cam-7.key
     """
-    stream = None
+    stream, sinks = None, []
     try:
+        plan = WatchPlan.from_options(**watching)
         if sample:
             source, questions_file = source or str(SAMPLE_CLIP), questions_file or str(SAMPLE_QUESTIONS)
         if source is None:
@@ -217,6 +159,9 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
                                             _cpu_threads(engine_dir, backend, device, threads, not live_source)
                                             if engine_dir else {}, remote)
         reporter = Reporter(as_json, None if max_chunks else _expected_chunks(source, stream.spec.chunk_seconds))
+        if engine_dir:  # events, evidence files and MQTT topics name the stream
+            stream.name = slug(stream_id or Path(source).stem or "stream")
+        sinks = start_watching(stream, plan, reporter)
         decode = dict(last=last, decoder=decoder, audio=audio_source, audio_offset=audio_offset)
         if live_source:
             from mirasol_edge.runtime.decode.live import LiveSource
@@ -238,9 +183,12 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
             reporter.answer(q, answer, expected.get(q))
         if snapshot:
             stream.snapshot(snapshot)
+        delivered = close_sinks(sinks)
+        sinks = []
         reporter.summary({"source": source, "engines": engine_dir or server, **run, "backend": backend_info,
                           "snapshot": snapshot, "correct": f"{correct}/{len(expected)}" if expected else None,
-                          "dropped": chunks.stats.dropped, "reconnects": chunks.stats.reconnects})
+                          "dropped": chunks.stats.dropped, "reconnects": chunks.stats.reconnects,
+                          **({"sinks": delivered} if delivered else {})})
     except click.UsageError:
         raise
     except KeyboardInterrupt:
@@ -251,6 +199,7 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
     except Exception as exc:
         fail("mirasol-run", exc)
     finally:
+        close_sinks(sinks)
         if stream is not None:
             stream.close()
 
@@ -288,12 +237,14 @@ def _push_all(stream, chunks, reporter: Reporter, questions: list[str], ask_ever
     """Every chunk pushed (and asked about every ``ask_every``); the run's numbers. ``wait_ms`` is
     how long the loop waited for each chunk: the decoder's time when decoding is the bottleneck,
     next to nothing while a file decodes ahead on its own thread."""
-    push_ms, wait_ms, media = [], [], 0.0
+    push_ms, wait_ms, media, events = [], [], 0.0, {w.name: 0 for w in getattr(stream, "watches", ())}
     start = tick = time.perf_counter()
     for chunk in chunks:
         wait_ms.append((time.perf_counter() - tick) * 1e3)
         result = stream.push(chunk)
         push_ms.append(result.timings.total_ms)
+        for event in result.events:
+            events[event.watch.name] = events.get(event.watch.name, 0) + 1
         media += chunk.t1 - chunk.t0
         reporter.chunk(result, wait_ms[-1])
         if ask_every and stream.chunks_seen % ask_every == 0:
@@ -305,7 +256,7 @@ def _push_all(stream, chunks, reporter: Reporter, questions: list[str], ask_ever
     wall = time.perf_counter() - start
     return {"chunks": len(push_ms), "media_seconds": round(media, 3), "wall_seconds": round(wall, 3),
             "realtime_factor": round(media / wall, 2) if wall else None,
-            "push_ms": stats(push_ms), "wait_ms": stats(wait_ms)}
+            "push_ms": stats(push_ms), "wait_ms": stats(wait_ms), **({"events": events} if events else {})}
 
 if __name__ == "__main__":
     main()

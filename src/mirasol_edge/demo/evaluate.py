@@ -20,7 +20,8 @@ from mirasol_edge.runtime.backends.base import NAMES
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
 from mirasol_edge.runtime.stream import MirasolEngines
 
-from .synthetic import HELDOUT_SEED, QUESTIONS, make_clip
+from .synthetic import HELDOUT_SEED, LONG_CHUNKS, LONG_HELDOUT_SEED, QUESTIONS, make_clip
+from .watch_eval import evaluate_watches
 
 
 def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str = "auto",
@@ -66,16 +67,26 @@ def evaluate(engine_dir, clips: int = 50, seed: int = HELDOUT_SEED, backend: str
 @click.option("--backend", "-b", default="auto", show_default=True,
               type=click.Choice(NAMES))
 @click.option("--json", "as_json", is_flag=True, help="print a JSON report")
-def main(engine_dirs, clips, seed, backend, as_json):
+@click.option("--watch", "watching", is_flag=True,
+              help="evaluate the standing questions instead: events against the truth on held-out long clips "
+                   "(precision, recall, delay in chunks, false events per hour)")
+@click.option("--length", type=click.IntRange(min=8), default=LONG_CHUNKS, show_default=True,
+              help="with --watch: chunks per long clip")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="with --watch: the closed-set watches' threshold")
+def main(engine_dirs, clips, seed, backend, as_json, watching, length, threshold):
     """Accuracy per question type of the synthetic audio-video QA task, answered through the runtime."""
     from mirasol_edge.console import err, fail
 
+    if watching and seed == HELDOUT_SEED:
+        seed = LONG_HELDOUT_SEED
     reports = []
     try:
         for engine_dir in engine_dirs:
             start = time.perf_counter()
-            report = evaluate(engine_dir, clips, seed, backend,
-                              progress=lambda i, d=engine_dir: err.print(f"\r{d}: {i}/{clips} clips", end=""))
+            show = lambda i, d=engine_dir: err.print(f"\r{d}: {i}/{clips} clips", end="")  # noqa: E731
+            report = (evaluate_watches(engine_dir, clips, seed, length, threshold, backend, progress=show) if watching
+                      else evaluate(engine_dir, clips, seed, backend, progress=show))
             report["seconds"] = round(time.perf_counter() - start, 1)
             err.print()
             reports.append(report)
@@ -83,6 +94,9 @@ def main(engine_dirs, clips, seed, backend, as_json):
         fail("mirasol-eval", exc)
     if as_json:
         click.echo(json.dumps(reports, indent=1))
+        return
+    if watching:
+        _watch_table(reports)
         return
     table = Table(title=f"exact match on {clips} held-out clips (seeds {seed}..{seed + clips - 1})")
     table.add_column("engines")
@@ -94,6 +108,20 @@ def main(engine_dirs, clips, seed, backend, as_json):
         table.add_row(r["engines"], r["backend"]["backend"], *(f"{r['per_type'][k]:.0%}" for k in QUESTIONS),
                       f"{r['exact_match']:.1%}")
     Console().print(table)
+
+
+def _watch_table(reports: list[dict]) -> None:
+    for r in reports:
+        table = Table(title=f"{r['engines']}: watches on {r['clips']} held-out clips of {r['chunks_per_clip']} chunks "
+                            f"(seeds {r['seeds'][0]}..{r['seeds'][1]}, {r['video_hours']} h)")
+        for column in ("watch", "precision", "recall", "delay p50", "delay p95", "false/h", "state", "events"):
+            table.add_column(column, justify="left" if column == "watch" else "right")
+        for kind, t in r["per_type"].items():
+            table.add_row(kind, f"{t['precision']:.3f}" if t["precision"] is not None else "-",
+                          f"{t['recall']:.3f}" if t["recall"] is not None else "-", f"{t['delay_chunks_median']:g}",
+                          f"{t['delay_chunks_p95']:g}", f"{t['false_events_per_hour']:g}", f"{t['state_accuracy']:.3f}",
+                          str(t["events"]))
+        Console().print(table)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ Names (state travels as ``past.X`` in, ``present.X`` out)::
                     cross.{i}.key/.value [1,Ht,1+W*m,dt], cross_bias [1,1,1,1+W*m]
   text_decode    token [1,1] i64, past.{i}.key/.value [1,Ht,past_len,dt], cross.*, cross_bias
                  -> logits [1,V], present.{i}.key/.value [1,Ht,past_len+1,dt]
+  text_score     tokens [score_rows,score_len] i64, row_stream [score_rows] i64, context [B,W*m,Dar], pos [B] i64
+                 -> token_logprobs [score_rows,score_len] (log p of each token after the ones before it;
+                    0 at position 0): every candidate answer of every watch due, teacher-forced, in one call;
+                    the cross-attention keys/values are made once per stream of the push group
 
 A stream's state is named ``memory``, ``pos``, ``kv.{i}.key``/``kv.{i}.value`` and ``context``;
 ``state_input``/``state_output`` give the tensor names it travels under.
@@ -25,8 +29,10 @@ import numpy as np
 
 from .config import MirasolConfig
 
-COMPONENTS = ("chunk_encoder", "ar_step", "text_prefill", "text_decode")
-PROMPT_LEN, PAST_LEN = "prompt_len", "past_len"  # the two named dynamic axes
+COMPONENTS = ("chunk_encoder", "ar_step", "text_prefill", "text_decode", "text_score")
+PROMPT_LEN, PAST_LEN = "prompt_len", "past_len"  # the named dynamic axes of asking
+SCORE_ROWS, SCORE_LEN = "score_rows", "score_len"  # and of watching
+MAX_SCORE_ROWS = 256  # candidate rows in one text_score call; more are run in several
 
 
 def state_input(state: str) -> str:
@@ -111,9 +117,11 @@ def state_shapes(cfg: MirasolConfig, batch: int = 1) -> dict[str, tuple[tuple[in
 
 def text_bounds(max_question_tokens: int, max_answer_tokens: int) -> dict[str, tuple[int, int]]:
     """The text lengths' (min, max): a prompt is ``[BOS] question [SEP]``; a decode step's past is
-    the prompt and the answer so far (the last of ``max_answer_tokens`` is never fed back)."""
+    the prompt and the answer so far (the last of ``max_answer_tokens`` is never fed back); a scored
+    row is a prompt, a candidate answer and ``EOS`` (the answer at most ``max_answer_tokens - 1``)."""
     prompt = max_question_tokens + 2
-    return {PROMPT_LEN: (2, prompt), PAST_LEN: (2, prompt + max_answer_tokens - 1)}
+    return {PROMPT_LEN: (2, prompt), PAST_LEN: (2, prompt + max_answer_tokens - 1),
+            SCORE_LEN: (4, prompt + max_answer_tokens)}
 
 
 def contracts(cfg: MirasolConfig, batch: int = 1, max_question_tokens: int | None = None,
@@ -158,4 +166,12 @@ def contracts(cfg: MirasolConfig, batch: int = 1, max_question_tokens: int | Non
         {PAST_LEN: bounds[PAST_LEN]},
         from_previous={**dict(zip(kv_names("past", depth), kv_names("present", depth))),
                        **{n: n for n in kv_names("cross", depth)}, "cross_bias": "cross_bias"})
-    return {c.name: c for c in (encoder, ar, prefill, decode)}
+    # The watches of a whole push group at once, against the group's new state as the AR step left it.
+    score = ComponentContract(
+        "text_score",
+        (_t("tokens", (SCORE_ROWS, SCORE_LEN), "int64"), _t("row_stream", (SCORE_ROWS,), "int64"),
+         _t("context", (b, ring, cfg.ar_width)), _t("pos", (b,), "int64")),
+        (_t("token_logprobs", (SCORE_ROWS, SCORE_LEN)),),
+        {SCORE_ROWS: (1, MAX_SCORE_ROWS), SCORE_LEN: bounds[SCORE_LEN]},
+        from_state={"context": "context", "pos": "pos"})
+    return {c.name: c for c in (encoder, ar, prefill, decode, score)}

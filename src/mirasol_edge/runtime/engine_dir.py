@@ -132,7 +132,8 @@ class EngineDir:
             )
         missing = [c for c in COMPONENTS if c not in manifest.components]
         if missing:
-            raise ManifestError(f"{where}: components {missing} are missing")
+            raise ManifestError(f"{where}: components {missing} are missing (built by an older version? rebuild: "
+                                "mirasol-build reuses the components that did not change)")
         _check_contract(manifest, where)
         components = {}
         for name in COMPONENTS:

@@ -22,12 +22,13 @@ import numpy as np
 from mirasol_edge.errors import UsageError
 
 from .backends import Backend, create_backend, open_engines
-from .components import ComponentContract, contracts
+from .components import MAX_SCORE_ROWS, ComponentContract, contracts
 from .config import MirasolConfig
 from .decode.types import ChunkSpec
 from .engine_dir import EngineDir
 from .manifest import ManifestError
 from .results import ChunkResult, PushTimings, prepare_chunk
+from .watch import candidate_probabilities
 
 if TYPE_CHECKING:
     from .stream import MirasolStream
@@ -43,6 +44,12 @@ class PushPath:
     ar: object
     lane: object | None
     uploads: dict = field(default_factory=dict)
+    score: object | None = None  # the text_score runner, opened with the first watch
+
+    def close(self) -> None:
+        for runner in (self.encoder, self.ar, self.score):
+            if runner is not None:
+                runner.close()
 
 
 class MirasolEngines:
@@ -76,10 +83,10 @@ class MirasolEngines:
         self.batch_lock = threading.Lock()
         self._shared: PushPath | None = None
 
-    def stream(self) -> MirasolStream:
+    def stream(self, name: str = "stream") -> MirasolStream:
         from .stream import MirasolStream  # the stream module builds on this one
 
-        return MirasolStream(self)
+        return MirasolStream(self, name=name)
 
     def push_path(self) -> PushPath:
         """A new stream's push path: its own with batch 1, else the engines' shared one."""
@@ -100,8 +107,9 @@ class MirasolEngines:
             raise UsageError("a stream appears twice in one push_many; push its chunks in order instead")
         results = []
         for start in range(0, len(streams), self.batch):
-            results += self._push_group(list(streams[start : start + self.batch]),
-                                        list(chunks[start : start + self.batch]))
+            began = time.perf_counter()
+            group, cut = list(streams[start : start + self.batch]), list(chunks[start : start + self.batch])
+            results += [s._finish(r, c, began) for s, r, c in zip(group, self._push_group(group, cut), cut)]
         return results
 
     def _push_group(self, streams: list[MirasolStream], chunks: list) -> list[ChunkResult]:
@@ -125,16 +133,51 @@ class MirasolEngines:
             marks.append(backend.mark(lane))
             new_states = {**_state_out(encoder, encoded), **_state_out(ar, stepped)}
             outputs = backend.download(stepped["outputs"])  # the push's one wait for the device
+            watch_start = time.perf_counter()
+            scored = self._score_watches(path, streams, new_states)
+            watch_ms = (time.perf_counter() - watch_start) * 1e3 if scored else 0.0
             per_stream = self._scatter(streams, new_states, lane)
             upload_ms, encode_ms, ar_ms = (backend.elapsed_ms(a, b) for a, b in zip(marks, marks[1:]))
-            timings = PushTimings(upload_ms, encode_ms, ar_ms, (time.perf_counter() - start) * 1e3)
+            timings = PushTimings(upload_ms, encode_ms, ar_ms, (time.perf_counter() - start) * 1e3, watch_ms)
             results = []
             for i, (s, chunk) in enumerate(zip(streams, chunks)):
                 s._state = per_stream[i]  # the swap: ask sees the new state from here on
-                results.append(ChunkResult(s.chunks_seen, outputs[i], timings, getattr(chunk, "t0", None),
-                                           getattr(chunk, "t1", None), int(getattr(chunk, "flags", 0))))
+                result = ChunkResult(s.chunks_seen, outputs[i], timings, getattr(chunk, "t0", None),
+                                     getattr(chunk, "t1", None), int(getattr(chunk, "flags", 0)))
+                results.append(s._decide(result, scored.get(i, []), start))
                 s.chunks_seen += 1
             return results
+
+    def _score_watches(self, path: PushPath, streams: list[MirasolStream], new_states: dict) -> dict[int, list]:
+        """Every closed-set watch due on this push, for every stream of the group, teacher-forced in
+        one text_score call (several past MAX_SCORE_ROWS rows) against the group's new state:
+        stream index -> [(watch, candidate probabilities)]."""
+        due = [(i, w) for i, s in enumerate(streams) for w in s._watches if w.closed and w.due(s.chunks_seen)]
+        if not due:
+            return {}
+        if path.score is None:
+            path.score = self.backend.runner("text_score", path.lane)
+        contract = self.contracts["text_score"]
+        rows = [(i, w, row) for i, w in due for row in w._rows]
+        logprobs = []
+        for start in range(0, len(rows), MAX_SCORE_ROWS):
+            part = rows[start : start + MAX_SCORE_ROWS]
+            width = max(len(r[0]) for _, _, r in part)
+            tokens = np.full((len(part), width), self.tokenizer.pad_id, np.int64)
+            for j, (_, _, (row, _)) in enumerate(part):
+                tokens[j, : len(row)] = row
+            feeds = {"tokens": self.backend.upload(tokens, None, path.lane),
+                     "row_stream": self.backend.upload(np.array([i for i, _, _ in part], np.int64), None, path.lane),
+                     **{inp: new_states[s] for inp, s in contract.from_state.items()}}
+            logprobs.append(self.backend.download(path.score.run(feeds)["token_logprobs"]))
+        table = np.concatenate(logprobs) if len(logprobs) > 1 else logprobs[0]
+        out: dict[int, list] = {}
+        at = 0
+        for i, w in due:
+            n = len(w._rows)
+            out.setdefault(i, []).append((w, candidate_probabilities(table[at : at + n], w._rows)))
+            at += n
+        return out
 
     @contextlib.contextmanager
     def _locked(self, streams: list[MirasolStream]):
@@ -180,8 +223,7 @@ class MirasolEngines:
 
     def close(self) -> None:
         if self._shared is not None:
-            self._shared.encoder.close()
-            self._shared.ar.close()
+            self._shared.close()
             self._shared = None
         self.backend.close()
 

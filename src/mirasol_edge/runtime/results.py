@@ -22,6 +22,7 @@ class PushTimings:
     encode_ms: float  # encoders + Combiner
     ar_ms: float  # one AR step against the ring buffer
     total_ms: float
+    watch_ms: float = 0.0  # the closed-set watches scored on this push (part of total_ms)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ChunkResult:
     t0: float | None = None
     t1: float | None = None
     flags: int = 0
+    events: tuple = ()  # the WatchEvents this push fired (runtime.watch), in the order the watches were added
 
 
 @dataclass(frozen=True)

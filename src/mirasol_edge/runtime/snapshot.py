@@ -35,27 +35,46 @@ class SnapshotError(MirasolError, ValueError):
     exit_code = 8
 
 
-def write_snapshot(path: str | Path, state: dict[str, np.ndarray], chunks_seen: int, engines: EngineDir) -> Path:
+def write_snapshot(path: str | Path, state: dict[str, np.ndarray], chunks_seen: int, engines: EngineDir,
+                   watches: list[dict] | None = None) -> Path:
     from safetensors.numpy import save_file
 
     path = snapshot_destination(path)
-    meta = {**_metadata(chunks_seen, engines), "engine_dir": str(engines.path.resolve())}
+    meta = {**_metadata(chunks_seen, engines, watches), "engine_dir": str(engines.path.resolve())}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return path
 
 
-def snapshot_bytes(state: dict[str, np.ndarray], chunks_seen: int, engines: EngineDir) -> bytes:
+def snapshot_bytes(state: dict[str, np.ndarray], chunks_seen: int, engines: EngineDir,
+                   watches: list[dict] | None = None) -> bytes:
     """The same snapshot as ``write_snapshot``, as bytes (a server sends it to its client), without
     the engine directory's path: that is the server's business."""
     from safetensors.numpy import save
 
-    return save(state, metadata=_metadata(chunks_seen, engines))
+    return save(state, metadata=_metadata(chunks_seen, engines, watches))
 
 
-def _metadata(chunks_seen: int, engines: EngineDir) -> dict[str, str]:
-    return {"format": SNAPSHOT_FORMAT, "model": engines.model_identity, "manifest_sha256": engines.manifest_sha256,
+def _metadata(chunks_seen: int, engines: EngineDir, watches: list[dict] | None) -> dict[str, str]:
+    meta = {"format": SNAPSHOT_FORMAT, "model": engines.model_identity, "manifest_sha256": engines.manifest_sha256,
             "chunks_seen": str(chunks_seen)}
+    if watches is not None:  # the stream's watches and where each stands (runtime.watch)
+        meta["watches"] = json.dumps(watches)
+    return meta
+
+
+def snapshot_watches(meta: dict[str, str], where: str) -> list[dict] | None:
+    """The watches a snapshot carries (a list of ``Watch.to_dict``), or None for one that carries none."""
+    text = meta.get("watches")
+    if text is None:
+        return None
+    try:
+        watches = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        watches = None
+    if not isinstance(watches, list) or not all(isinstance(w, dict) for w in watches):
+        raise SnapshotError(f"{where}: its watches are not a list of watches")
+    return watches
 
 
 def snapshot_destination(path: str | Path) -> Path:
@@ -84,14 +103,15 @@ def snapshot_file(path: str | Path, limit: int = MAX_SNAPSHOT_BYTES) -> Path:
     return path
 
 
-def read_snapshot(path: str | Path, engines: EngineDir, expected: dict[str, np.ndarray]) -> tuple[dict, int]:
-    """The state and its chunk count, checked against the engines and the state they expect."""
+def read_snapshot(path: str | Path, engines: EngineDir, expected: dict[str, np.ndarray]
+                  ) -> tuple[dict, int, list[dict] | None]:
+    """The state, its chunk count and its watches, checked against the engines and the state they expect."""
     path = snapshot_file(path, snapshot_limit(expected))
     return read_snapshot_bytes(path.read_bytes(), engines, expected, where=str(path))
 
 
 def read_snapshot_bytes(data: bytes, engines: EngineDir, expected: dict[str, np.ndarray],
-                        where: str = "snapshot") -> tuple[dict, int]:
+                        where: str = "snapshot") -> tuple[dict, int, list[dict] | None]:
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
@@ -124,7 +144,7 @@ def read_snapshot_bytes(data: bytes, engines: EngineDir, expected: dict[str, np.
             found = "missing" if got is None else f"{got.dtype}{list(got.shape)}"
             raise SnapshotError(f"{where}: state tensor {name!r} is {found}, expected {ref.dtype}{list(ref.shape)}")
         _check_values(name, got, seen, where)
-    return host, seen
+    return host, seen, snapshot_watches(meta, where)
 
 
 def _check_values(name: str, value: np.ndarray, seen: int, where: str) -> None:

@@ -45,9 +45,11 @@ from .snapshot import (
 )
 from .stream_protocol import Stream
 from .tokenizer import prompt_ids
+from .watch import Watch, WatchEvent, slug
+from .watching import Watching
 
 __all__ = ["Answer", "ChunkResult", "ChunkShapeError", "MirasolEngines", "MirasolStream", "PushTimings", "RawChunk",
-           "Stream"]
+           "Stream", "Watch", "WatchEvent"]
 log = logging.getLogger(__name__)
 _WARNED: set[int] = set()  # hashes of questions already warned about being cut (at most 64)
 
@@ -55,8 +57,9 @@ _WARNED: set[int] = set()  # hashes of questions already warned about being cut 
 class MirasolStream:
     """One video's state on the device; push chunks, ask questions, snapshot and restore."""
 
-    def __init__(self, engines: MirasolEngines, owns_engines: bool = False) -> None:
+    def __init__(self, engines: MirasolEngines, owns_engines: bool = False, name: str = "stream") -> None:
         self.engines = engines
+        self.name = slug(name)  # names its events, their evidence files and MQTT topics
         self._owns_engines = owns_engines
         backend = engines.backend
         # Pushes and questions each run on their own lane, so an ask never lands in a push's capture.
@@ -70,6 +73,7 @@ class MirasolStream:
         self._state = {name: backend.upload(a) for name, a in engines.initial_state.items()}
         self.chunks_seen = 0
         self.closed = False
+        self._watching = Watching(self)
 
     @property
     def spec(self) -> ChunkSpec:
@@ -78,8 +82,9 @@ class MirasolStream:
 
     # ---- opening -------------------------------------------------------------------
     @classmethod
-    def open(cls, engine_dir: str | Path, backend: str = "auto", device: str = "auto", **options) -> MirasolStream:
-        return cls(MirasolEngines(engine_dir, backend, device, **options), owns_engines=True)
+    def open(cls, engine_dir: str | Path, backend: str = "auto", device: str = "auto", *, name: str = "stream",
+             **options) -> MirasolStream:
+        return cls(MirasolEngines(engine_dir, backend, device, **options), owns_engines=True, name=name)
 
     def __enter__(self) -> MirasolStream:
         return self
@@ -92,11 +97,10 @@ class MirasolStream:
             if self.closed:
                 return
             self._state.clear()
-            runners = [self._prefill, self._decode]
-            if self._push is not self.engines._shared:  # its own (batch 1): the engines close a shared one
-                runners += [self._push.encoder, self._push.ar]
-            for runner in runners:
+            for runner in (self._prefill, self._decode):
                 runner.close()
+            if self._push is not self.engines._shared:  # its own (batch 1): the engines close a shared one
+                self._push.close()
             self.closed = True
         if self._owns_engines:
             self.engines.close()
@@ -110,7 +114,46 @@ class MirasolStream:
         """Push a decoded ``Chunk`` (or ``frames=[F,H,W,3]``, ``mel=[T,n_mels]``) and advance the state."""
         if chunk is None:
             chunk = RawChunk(frames, mel)
-        return self.engines._push_group([self], [chunk])[0]
+        start = time.perf_counter()
+        return self._finish(self.engines._push_group([self], [chunk])[0], chunk, start)
+
+    # ---- watching ------------------------------------------------------------------
+    def watch(self, question: str, answers=None, *, name: str | None = None, every: int = 1, threshold: float = 0.5,
+              release: float | None = None, min_chunks: int = 1, cooldown_chunks: int = 0,
+              evidence_seconds: float = 0, on_event=None) -> Watch:
+        """A standing question answered on every ``every``-th push from now on (``runtime.watch``):
+        closed-set with ``answers`` (its first is the one watched for), open without. Its events come
+        back in each push's ``ChunkResult.events`` and go to ``on_event`` and the stream's listeners."""
+        self._check_open()
+        return self._watching.add(Watch(question, answers, name=name, every=every, threshold=threshold,
+                                        release=release, min_chunks=min_chunks, cooldown_chunks=cooldown_chunks,
+                                        evidence_seconds=evidence_seconds, on_event=on_event))
+
+    def unwatch(self, watch: Watch | str) -> None:
+        """Stop a watch (the ``Watch`` or its name)."""
+        self._watching.remove(watch)
+
+    @property
+    def watches(self) -> tuple[Watch, ...]:
+        return tuple(self._watching.watches)
+
+    def on_event(self, listener) -> None:
+        """Call ``listener(event)`` for every event of every watch of this stream (restored ones too)."""
+        self._watching.listeners.append(listener)
+
+    def keep_evidence(self, folder: str | Path, max_bytes: int | None = None) -> None:
+        """Where watches with ``evidence_seconds`` write their clips (``runtime.evidence``; bounded on disk)."""
+        self._watching.keep_evidence(folder, max_bytes)
+
+    @property
+    def _watches(self) -> list[Watch]:  # the engines read them to score a push group's watches together
+        return self._watching.watches
+
+    def _decide(self, result: ChunkResult, scored: list, start: float) -> ChunkResult:
+        return self._watching.decide(result, scored, start)
+
+    def _finish(self, result: ChunkResult, chunk, start: float) -> ChunkResult:
+        return self._watching.finish(result, chunk, start)
 
     # ---- asking --------------------------------------------------------------------
     def ask(self, question: str, max_new_tokens: int | None = None,
@@ -188,12 +231,12 @@ class MirasolStream:
             return {name: self.engines.backend.download(v) for name, v in self._state.items()}, self.chunks_seen
 
     def snapshot(self, path: str | Path) -> Path:
-        """Write the state atomically, tagged with the engines' manifest hash."""
-        return write_snapshot(path, *self._host_state(), self.engines.dir)
+        """Write the state and the watches atomically, tagged with the engines' model."""
+        return write_snapshot(path, *self._host_state(), self.engines.dir, self._watching.to_data())
 
     def snapshot_bytes(self) -> bytes:
         """The snapshot ``snapshot`` writes, as bytes (a server returns it to its client)."""
-        return snapshot_bytes(*self._host_state(), self.engines.dir)
+        return snapshot_bytes(*self._host_state(), self.engines.dir, self._watching.to_data())
 
     @classmethod
     def restore(cls, path: str | Path, engine_dir: str | Path | None = None, backend: str = "auto",
@@ -209,14 +252,19 @@ class MirasolStream:
         return stream
 
     def load_snapshot(self, path: str | Path) -> None:
-        self._load(*read_snapshot(path, self.engines.dir, self.engines.initial_state))
+        self._load(*read_snapshot(path, self.engines.dir, self.engines.initial_state), str(path))
 
     def load_snapshot_bytes(self, data: bytes, where: str = "snapshot") -> None:
-        self._load(*read_snapshot_bytes(data, self.engines.dir, self.engines.initial_state, where))
+        self._load(*read_snapshot_bytes(data, self.engines.dir, self.engines.initial_state, where), where)
 
-    def _load(self, host: dict[str, np.ndarray], seen: int) -> None:
+    def _load(self, host: dict[str, np.ndarray], seen: int, watches: list[dict] | None, where: str) -> None:
         backend = self.engines.backend
+        restored = Watching(self)  # checked whole before anything of this stream changes
+        restored.listeners, restored.evidence = self._watching.listeners, self._watching.evidence
+        restored.watches = list(self._watching.watches)
+        restored.load(watches, where)
         with self._lock:
             self._check_open()
             self._state = {name: backend.upload(host[name]) for name in self.engines.initial_state}
             self.chunks_seen = seen
+            self._watching = restored

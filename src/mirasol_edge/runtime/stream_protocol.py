@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from .decode.types import ChunkSpec
 from .results import Answer, ChunkResult
+from .watch import Watch, WatchEvent
 
 
 @runtime_checkable
@@ -29,3 +30,13 @@ class Stream(Protocol):
     def load_snapshot(self, path: str | Path) -> None: ...
 
     def close(self) -> None: ...
+
+    def watch(self, question: str, answers=None, **settings) -> Watch:
+        """A standing question; its events come back in each push's ``ChunkResult.events``."""
+
+    def unwatch(self, watch: Watch | str) -> None: ...
+
+    @property
+    def watches(self) -> tuple[Watch, ...]: ...
+
+    def on_event(self, listener: Callable[[WatchEvent], None]) -> None: ...

@@ -35,6 +35,7 @@ from mirasol_edge.runtime.snapshot import read_snapshot_metadata, snapshot_desti
 from . import protocol as p
 from .access import AccessDenied
 from .recovery import Journal, Recovery
+from .remote_watches import RemoteWatches, WatchingRemote, first_item
 from .tls import ClientTLS, tls_hint
 
 NUMPY_TYPES = {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16}
@@ -66,7 +67,7 @@ class ServerFull(ServerError):
 MAX_TOKENS_SENT = 2**31 - 1  # MAX_TOKENS is INT32; the server caps it to its engines' limit anyway
 
 
-class RemoteStream:
+class RemoteStream(WatchingRemote):
     def __init__(self, url: str, stream_id: str | int | None = None, model: str = p.STREAM_MODEL,
                  timeout_s: float = 120.0, connect_retry_s: float = 5.0, token: str | None = None,
                  takeover: bool = False, recovery: Recovery | None = Recovery(), tls: ClientTLS | None = None) -> None:
@@ -104,6 +105,7 @@ class RemoteStream:
         self.chunks_seen = 0
         self._started = False
         self.closed = False
+        self._watches = RemoteWatches()
 
     def __enter__(self) -> RemoteStream:
         return self
@@ -132,8 +134,9 @@ class RemoteStream:
                     pass
         upload_ms, encode_ms, ar_ms, _ = out.as_numpy(p.TIMINGS)[0].tolist()  # the server's stages
         timings = PushTimings(upload_ms, encode_ms, ar_ms, (time.perf_counter() - start) * 1e3)  # total: the round trip
-        return ChunkResult(index, out.as_numpy(p.OUTPUTS)[0], timings, getattr(chunk, "t0", None),
-                           getattr(chunk, "t1", None), int(getattr(chunk, "flags", 0)))
+        t0, t1 = getattr(chunk, "t0", None), getattr(chunk, "t1", None)
+        events = self._watches.events(first_item(out.as_numpy(p.EVENTS)), self.name, t0, t1)
+        return ChunkResult(index, out.as_numpy(p.OUTPUTS)[0], timings, t0, t1, int(getattr(chunk, "flags", 0)), events)
 
     def _push_once(self, video: np.ndarray, mel: np.ndarray | None):
         inputs = [self._input(p.VIDEO, video[None])]
@@ -167,6 +170,9 @@ class RemoteStream:
                 self._started = False  # whichever server answers now: open the stream there
                 if snapshot is None:
                     self._key, self.chunks_seen = "", 0  # lost before the first snapshot: from the start
+                    for watch in list(self._watches.watches.values()):  # and its watches with it
+                        out = self._infer("watch", [self._input(p.WATCH, p.strings(self._watches.payload(watch)))])
+                        self._watches.answered(first_item(out.as_numpy(p.WATCHES)), watch)
                 else:
                     out = self._infer("restore", [self._input(p.SNAPSHOT_IN, p.strings(snapshot))])
                     self.chunks_seen = int(out.as_numpy(p.CHUNK_INDEX)[0, 0])

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 STREAM_MODEL = "mirasol"
-OPS = ("push", "ask", "snapshot", "restore", "close")
+OPS = ("push", "ask", "snapshot", "restore", "close", "watch", "unwatch")
 
 OP = "OP"  # STRING [1]: one of OPS
 VIDEO = "VIDEO"  # the chunk encoder's video input, one chunk
@@ -25,6 +25,7 @@ STREAM_ID = "STREAM_ID"  # STRING [1]: the stream's name; its hash must be the c
 TOKEN = "TOKEN"  # STRING [1]: the client's access token (servers built with an access file)
 STREAM_KEY = "STREAM_KEY"  # STRING [1]: the key the server minted when the stream opened
 TAKEOVER = "TAKEOVER"  # BOOL [1]: START replaces a stream another client holds (if this one may open it)
+WATCH = "WATCH"  # STRING [1]: watch: the watch's settings as JSON (runtime.watch.Watch.to_dict); unwatch: its name
 
 OUTPUTS = "OUTPUTS"  # FP32 [m, d]: the AR step's outputs for the chunk
 CHUNK_INDEX = "CHUNK_INDEX"  # INT64 [1]: which chunk of the stream that was
@@ -32,10 +33,14 @@ TIMINGS = "TIMINGS"  # FP64 [4]: upload, encode, AR, total ms on the server
 ANSWER = "ANSWER"  # STRING [1]: the Answer as JSON
 SNAPSHOT_OUT = "SNAPSHOT_OUT"  # STRING [1]: snapshot bytes
 STREAM_KEY_OUT = "STREAM_KEY_OUT"  # STRING [1]: the stream's key, in every answer to its holder
+EVENTS = "EVENTS"  # STRING [1]: push: the watch events it fired, a JSON list (WatchEvent.to_dict)
+WATCHES = "WATCHES"  # STRING [1]: watch, unwatch: the stream's watches now, a JSON list (Watch.to_dict)
 
-OUTPUTS_OF = {"push": (OUTPUTS, CHUNK_INDEX, TIMINGS, STREAM_KEY_OUT), "ask": (ANSWER, STREAM_KEY_OUT),
+OUTPUTS_OF = {"push": (OUTPUTS, CHUNK_INDEX, TIMINGS, EVENTS, STREAM_KEY_OUT), "ask": (ANSWER, STREAM_KEY_OUT),
               "snapshot": (SNAPSHOT_OUT, STREAM_KEY_OUT), "restore": (CHUNK_INDEX, STREAM_KEY_OUT),
-              "close": (CHUNK_INDEX, STREAM_KEY_OUT)}
+              "close": (CHUNK_INDEX, STREAM_KEY_OUT), "watch": (WATCHES, STREAM_KEY_OUT),
+              "unwatch": (WATCHES, STREAM_KEY_OUT)}
+MAX_WATCH_BYTES = 16384  # one watch's settings as JSON
 
 # How the stream model says a stream's state is gone (idle release, close, restart); the client
 # turns it (and Triton's own "must specify the START flag") into StreamLost.

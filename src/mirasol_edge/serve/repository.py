@@ -1,6 +1,6 @@
 """``mirasol-build triton``: a Triton model repository from a built engine directory.
 
-    REPO/chunk_encoder, ar_step, text_prefill, text_decode   the engines, one Triton model each
+    REPO/chunk_encoder, ar_step, text_prefill, text_decode, text_score   the engines, one Triton model each
     REPO/mirasol                                             the streams: a Python-backend (BLS) model
                                                              with the sequence batcher; it keeps each
                                                              stream's state and calls the engines
@@ -245,6 +245,7 @@ def _write_stream_model(mc, folder: Path, engines: EngineDir, options: ServeOpti
     for name in (p.STREAM_ID, p.TOKEN, p.STREAM_KEY):
         _tensor(mc, config.input, name, "TYPE_STRING", [1], optional=True)
     _tensor(mc, config.input, p.TAKEOVER, "TYPE_BOOL", [1], optional=True)
+    _tensor(mc, config.input, p.WATCH, "TYPE_STRING", [1], optional=True)
     outputs = engines.components["ar_step"].outputs["outputs"]
     _tensor(mc, config.output, p.OUTPUTS, triton_type(outputs.dtype), _dims(outputs.shape[1:]))
     _tensor(mc, config.output, p.CHUNK_INDEX, "TYPE_INT64", [1])
@@ -252,6 +253,8 @@ def _write_stream_model(mc, folder: Path, engines: EngineDir, options: ServeOpti
     _tensor(mc, config.output, p.ANSWER, "TYPE_STRING", [1])
     _tensor(mc, config.output, p.SNAPSHOT_OUT, "TYPE_STRING", [1])
     _tensor(mc, config.output, p.STREAM_KEY_OUT, "TYPE_STRING", [1])
+    _tensor(mc, config.output, p.EVENTS, "TYPE_STRING", [1])
+    _tensor(mc, config.output, p.WATCHES, "TYPE_STRING", [1])
     config.parameters[p.MODEL_CONFIG].string_value = json.dumps(engines.config)
     config.parameters["idle_seconds"].string_value = str(options.idle_seconds)
     config.parameters["max_streams"].string_value = str(options.max_streams)

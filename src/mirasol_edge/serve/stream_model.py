@@ -51,6 +51,7 @@ from mirasol_edge.runtime.results import (
     preview,
 )
 from mirasol_edge.runtime.stream import MirasolEngines, MirasolStream
+from mirasol_edge.runtime.watch import Watch
 
 from . import protocol as p
 from .access import MAX_TOKEN_BYTES, AccessCheck, AccessDenied, new_stream_key, same_key
@@ -142,18 +143,24 @@ class TritonPythonModel:
             return self._restore(sid, request, owner)
         if not owner and op == "close":
             return self._index(0, "")  # nothing of the caller's held here: closing it is done
-        if start and not held and key is None:  # a START with a key reattaches: it never opens a fresh state
+        opened = start and not held and key is None  # a START with a key reattaches: it never opens a fresh state
+        if opened:
             self._open(sid)
         elif not owner:  # what a stream that does not exist gets, whatever its correlation ID
             raise LookupError(f"stream {name!r} {p.NOT_OPEN} (released after {self.idle_seconds:g} s idle, "
                               "closed, taken over, or the server restarted); start it again or restore a snapshot")
         stream, key = self.streams[sid], self.keys[sid]
         self.last_seen[sid] = time.monotonic()
-        if op == "push":
-            np.int64(stream.chunks_seen)  # its response can be made: checked before the state moves
-            pushes.append((i, stream, self._chunk(request), key))
-            return None
-        return self._respond(self._other(op, request, stream), key)
+        try:
+            if op == "push":
+                np.int64(stream.chunks_seen)  # its response can be made: checked before the state moves
+                pushes.append((i, stream, self._chunk(request), key))
+                return None
+            return self._respond(self._other(op, request, stream), key)
+        except Exception:
+            if opened:  # its opener never got the key: a stream left open would lock it out
+                self._close(sid)
+            raise
 
     def _stream_name(self, request, sid: int) -> str:
         """The stream's name; a name whose hash is not the correlation ID is refused (a request may not
@@ -193,7 +200,8 @@ class TritonPythonModel:
                 responses[i] = self._respond({
                     p.OUTPUTS: np.asarray(result.outputs)[None],
                     p.CHUNK_INDEX: np.array([[result.index]], np.int64),
-                    p.TIMINGS: np.array([[t.upload_ms, t.encode_ms, t.ar_ms, t.total_ms]], np.float64)}, key)
+                    p.TIMINGS: np.array([[t.upload_ms, t.encode_ms, t.ar_ms, t.total_ms]], np.float64),
+                    p.EVENTS: p.strings(json.dumps([e.to_dict() for e in result.events]))}, key)
             except Exception as exc:
                 responses[i] = self._error(exc)
 
@@ -206,6 +214,19 @@ class TritonPythonModel:
             return {p.ANSWER: p.strings(json.dumps(dataclasses.asdict(answer)))}
         if op == "snapshot":
             return {p.SNAPSHOT_OUT: p.strings(stream.snapshot_bytes())}
+        if op == "watch":  # evidence stays with the client: a server writes no files for it
+            text = self._text(request, p.WATCH, p.MAX_WATCH_BYTES)
+            try:
+                settings = json.loads(text)
+            except ValueError as exc:
+                raise UsageError(f"input {p.WATCH} is not JSON ({exc})") from None
+            if not isinstance(settings, dict) or settings.get("evidence_seconds", 0):
+                raise UsageError(f"input {p.WATCH}: a watch's settings as a JSON object, without evidence_seconds")
+            stream._watching.add(Watch.from_dict(settings, f"input {p.WATCH}"))
+            return {p.WATCHES: p.strings(json.dumps(stream._watching.to_data()))}
+        if op == "unwatch":
+            stream.unwatch(self._text(request, p.WATCH, p.MAX_WATCH_BYTES))
+            return {p.WATCHES: p.strings(json.dumps(stream._watching.to_data()))}
         return {p.CHUNK_INDEX: np.array([[stream.chunks_seen]], np.int64)}  # close
 
     def _restore(self, sid: int, request, owner: bool):

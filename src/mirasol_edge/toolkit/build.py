@@ -41,16 +41,8 @@ from mirasol_edge.runtime.manifest import (
 
 from .cache import build_key, previous_manifest, reusable, reuse
 from .engines import backend_version, build_engine, onnx_data_file, profiles_for, resolved_capabilities
-from .export import (
-    ComponentSpec,
-    ExportError,
-    component_spec,
-    export_onnx,
-    graph_io,
-    onnx_parity,
-    parity_input_sets,
-    torch_outputs,
-)
+from .export import ComponentSpec, ExportError, component_spec, export_onnx, graph_io
+from .parity import onnx_parity, parity_input_sets, torch_outputs
 from .precision import apply_precision, slow_precision_warnings
 from .preflight import OutputDirError, check_host_memory, check_output_dir, check_recipe_against_config, foreign_files
 from .real_inputs import RealInputs, real_inputs

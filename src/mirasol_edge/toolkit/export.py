@@ -133,6 +133,27 @@ class TextDecodeGraph(ContractGraph):
         return {"logits": logits[:, -1], **_named(kv_names("present", self.depth), presents)}
 
 
+class TextScoreGraph(ContractGraph):
+    """Teacher forcing for every candidate row at once: the log-probability of each token given
+    those before it. The cross-attention keys and values are made once per stream and gathered
+    for its rows, so K watches cost one pass over K short rows, not K prefills."""
+
+    def __init__(self, model: Mirasol) -> None:
+        super().__init__(model, "text_score")
+        self.model = model
+
+    def step(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        cfg = self.model.cfg
+        age, valid = self.model.ar.context_ages(feeds["pos"], cfg.window_chunks, cfg.latents_per_chunk)
+        memory, cross_bias = self.model.text.memory(feeds["context"], age, valid)
+        rows = feeds["row_stream"]
+        cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.model.text.cross_kv(memory)]
+        tokens = feeds["tokens"]
+        logits, _ = self.model.text(tokens, cross, cross_bias.index_select(0, rows))
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
+        return {"token_logprobs": torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)}
+
+
 def _pairs(feeds: dict[str, Tensor], names: list[str]) -> list[tuple[Tensor, Tensor]]:
     """(key, value) per layer from ``feeds``, in the order ``kv_names`` gives."""
     return [(feeds[k], feeds[v]) for k, v in zip(names[0::2], names[1::2])]
@@ -143,7 +164,8 @@ def _named(names: list[str], pairs) -> dict[str, Tensor]:
 
 
 GRAPHS = {"chunk_encoder": ChunkEncoderGraph, "ar_step": ARStepGraph, "text_prefill": TextPrefillGraph,
-          "text_decode": TextDecodeGraph}
+          "text_decode": TextDecodeGraph, "text_score": TextScoreGraph}
+SCORE_EXAMPLE = ("is the square red?", ("yes", "no", "maybe"))  # three rows: no dynamic axis of size 1
 
 
 def _examples(model: Mirasol, contract: ComponentContract, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -156,6 +178,8 @@ def _examples(model: Mirasol, contract: ComponentContract, state: dict[str, Tens
         return {t.name: carried[t.name] if t.name in carried else torch.from_numpy(t.example(rng, {}))
                 for t in contract.inputs}
     cfg = model.cfg
+    if contract.name == "text_score":
+        return _score_example(model, contract, state)
     prompt = prompt_ids(model.tokenizer, "what colour was the first shape?", cfg.max_question_tokens)
     prefill = {"tokens": torch.tensor([prompt]), **{inp: state[s][:1] for inp, s in
                                                     contracts(cfg)["text_prefill"].from_state.items()}}
@@ -164,6 +188,17 @@ def _examples(model: Mirasol, contract: ComponentContract, state: dict[str, Tens
     with torch.no_grad():
         outs = TextPrefillGraph(model).step(prefill)
     return {"token": torch.tensor([[ord("r")]]), **{inp: outs[src] for inp, src in contract.from_previous.items()}}
+
+
+def _score_example(model: Mirasol, contract: ComponentContract, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    tok, (question, answers) = model.tokenizer, SCORE_EXAMPLE
+    prompt = prompt_ids(tok, question, model.cfg.max_question_tokens)
+    rows = [prompt + tok.encode(a) + [tok.eos_id] for a in answers]
+    width = min(max(map(len, rows)), contract.dynamic["score_len"][1])  # a recipe's short limits cut the rows
+    tokens = torch.tensor([(r + [tok.pad_id] * width)[:width] for r in rows])
+    batch = contract.inputs[2].shape[0]  # the context's: the build's batch
+    return {"tokens": tokens, "row_stream": torch.arange(len(rows)) % batch,
+            **{inp: state[s][:batch] for inp, s in contract.from_state.items()}}
 
 
 def component_spec(model: Mirasol, name: str, batch: int, state: dict[str, Tensor],
@@ -237,80 +272,6 @@ def export_onnx(spec: ComponentSpec, path: Path, opset: int = 18) -> None:
         for leftover in tmpdir.glob("*"):
             leftover.unlink()
         tmpdir.rmdir()
-
-
-@dataclass(frozen=True)
-class Parity:
-    max_abs_error: float
-    max_rel_error: float  # max |onnx - torch| / max |torch|
-    min_cosine: float
-    worst_output: str
-
-    def to_dict(self) -> dict:
-        return {"max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error,
-                "min_cosine": self.min_cosine, "worst_output": self.worst_output}
-
-
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> Parity:
-    worst = ("", 0.0, 0.0, 1.0)
-    max_rel, min_cos = 0.0, 1.0
-    for name, ref in reference.items():
-        got = candidate[name]
-        if got.shape != ref.shape:
-            raise ExportError(f"output {name}: shape {list(got.shape)} != PyTorch {list(ref.shape)}")
-        ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-        finite = np.isfinite(ref64)
-        if not np.array_equal(finite, np.isfinite(got64)):
-            raise ExportError(f"output {name}: non-finite values differ from PyTorch")
-        diff = np.abs(ref64[finite] - got64[finite])
-        err = float(diff.max()) if diff.size else 0.0
-        scale = float(np.abs(ref64[finite]).max()) if diff.size else 0.0
-        rel = err / scale if scale else err
-        a, b = ref64[finite].ravel(), got64[finite].ravel()
-        norms = np.linalg.norm(a) * np.linalg.norm(b)
-        cos = float(a @ b / norms) if norms else (1.0 if np.allclose(a, b) else 0.0)
-        if err >= worst[1]:
-            worst = (name, err, rel, cos)
-        max_rel, min_cos = max(max_rel, rel), min(min_cos, cos)
-    return Parity(worst[1], max_rel, min_cos, worst[0])
-
-
-def torch_outputs(spec: ComponentSpec, inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    tensors = spec.inputs if inputs is None else {k: torch.from_numpy(v) for k, v in inputs.items()}
-    with torch.no_grad():
-        outs = spec.module(*tensors.values())
-    return {name: t.float().numpy() if t.is_floating_point() else t.numpy() for name, t in zip(spec.outputs, outs)}
-
-
-def onnx_outputs(path: Path, *input_sets: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """ONNX Runtime's outputs for each input set, from one session (a 4 GB graph loads once)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if Path(str(path) + ".data").is_file():
-        # Over 2 GB: ORT's CPU EP runs fp16 MatMuls on fp32 copies of the weights, and prepacking
-        # copies those again: 5.3x the fp16 bytes at peak, 2.2x without prepacking (measured).
-        options.add_session_config_entry("session.disable_prepacking", "1")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    results = []
-    for inputs in input_sets:
-        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-        results.append(dict(zip(names, (np.asarray(o, dtype=np.float32) if np.asarray(o).dtype.kind == "f" else o
-                                        for o in session.run(names, feed)))))
-    return results
-
-
-def parity_input_sets(spec: ComponentSpec, extra_inputs: list[dict[str, np.ndarray]] = ()) -> list[dict]:
-    return [{k: v.numpy() for k, v in spec.inputs.items()}, *extra_inputs]
-
-
-def onnx_parity(path: Path, sets: list[dict[str, np.ndarray]], references: list[dict[str, np.ndarray]]) -> Parity:
-    """Worst agreement of the ONNX graph with PyTorch's outputs over the input sets."""
-    results = [compare(ref, got) for ref, got in zip(references, onnx_outputs(path, *sets))]
-    worst = max(results, key=lambda p: p.max_abs_error)
-    return Parity(worst.max_abs_error, max(p.max_rel_error for p in results),
-                  min(p.min_cosine for p in results), worst.worst_output)
 
 
 def graph_io(onnx_path: Path) -> dict:

@@ -23,7 +23,8 @@ from .reference import record_stream
 from .source import ModelSource
 
 PARITY_QUESTION = "what colour is the square?"
-BATCHED = ("chunk_encoder", "ar_step")  # the components whose batch is the recipe's
+# The components whose batch is the recipe's, and the inputs of text_score that are the group's state.
+BATCHED = ("chunk_encoder", "ar_step", ("text_score", "context"), ("text_score", "pos"))
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,10 @@ def real_inputs(source: ModelSource, recipe: Recipe) -> RealInputs:
     finally:
         source.release_all()
     chosen = {"chunk_encoder": records["chunk_encoder"][-1:], "ar_step": records["ar_step"][-1:],
-              "text_prefill": records["text_prefill"][:1], "text_decode": records["text_decode"][:1]}
+              "text_prefill": records["text_prefill"][:1], "text_decode": records["text_decode"][:1],
+              "text_score": records["text_score"][-1:]}
     batch = recipe.build.batch
-    per_component = {name: {k: np.repeat(v, batch, axis=0) if name in BATCHED else v for k, v in feeds[0].items()}
+    per_component = {name: {k: np.repeat(v, batch, axis=0) if (name, k) in BATCHED or name in BATCHED else v
+                            for k, v in feeds[0].items()}
                      for name, feeds in chosen.items() if feeds}
     return RealInputs(per_component, clip.name, len(records["ar_step"]) - 1)

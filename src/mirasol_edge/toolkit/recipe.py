@@ -62,7 +62,8 @@ class Precision:
     pin: dict[str, str]
 
     def of(self, component: str) -> str:
-        return getattr(self, component)
+        # Scoring watches is the prefill's computation on more rows: it takes the prefill's precision.
+        return getattr(self, "text_prefill" if component == "text_score" else component)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ SECTION_TYPES = {"target": Target, "precision": Precision, "chunking": Chunking,
                  "build": Build, "accuracy": Accuracy, "calibration": Calibration}
 CALIBRATION_METHODS = ("MinMax", "Percentile", "Entropy")
 # Which component quantizes a pinned group: the group's first name.
-PIN_PARTS = {"chunk_encoder": ("chunk_encoder",), "ar": ("ar_step",), "text": ("text_prefill", "text_decode")}
+PIN_PARTS = {"chunk_encoder": ("chunk_encoder",), "ar": ("ar_step",), "text": ("text_prefill", "text_decode", "text_score")}
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:

@@ -165,6 +165,9 @@ class RecordingBackend(Backend):
         return self.inner.download(value)
 
 
+PARITY_WATCH = ("is there a beep?", ("yes", "no"))
+
+
 def record_stream(model, clip: Path, questions: list[str], max_question_tokens: int | None = None,
                   max_answer_tokens: int | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every component's real inputs while the fp32 model streams ``clip`` through ``MirasolStream``
@@ -174,6 +177,7 @@ def record_stream(model, clip: Path, questions: list[str], max_question_tokens: 
                           max_answer_tokens or cfg.max_answer_tokens)
     recording = RecordingBackend(TorchBackend(ref, "cpu", model=model))
     with MirasolEngines(ref, recording).stream() as stream:
+        stream.watch(*PARITY_WATCH)  # scored on every push: text_score's real inputs
         # PyAV and numpy: the reference is the same on every machine (a broken NVDEC cannot fail a build)
         for chunk in chunks(clip, ChunkSpec.from_config(cfg), decoder="pyav", mel="numpy"):
             stream.push(chunk)

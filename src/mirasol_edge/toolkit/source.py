@@ -29,7 +29,8 @@ from .text import TextDecoder
 from .weights import check_checkpoint_tensors, read_config
 
 PARTS = {"chunk_encoder": ChunkEncoder, "ar": AutoregressiveModel, "text": TextDecoder}
-COMPONENT_PARTS = {"chunk_encoder": "chunk_encoder", "ar_step": "ar", "text_prefill": "text", "text_decode": "text"}
+COMPONENT_PARTS = {"chunk_encoder": "chunk_encoder", "ar_step": "ar", "text_prefill": "text", "text_decode": "text",
+                   "text_score": "text"}
 # Above this many fp32 bytes a model is built part by part.
 WHOLE_MODEL_BYTES = 2 << 30
 
