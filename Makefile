@@ -65,5 +65,5 @@ $(VENV)/.gstreamer: pyproject.toml | debian-packages setup
 # The Triton and GStreamer tests must run here (MIRASOL_REQUIRE_*): what is missing fails them, not skips
 # them; so must the emulated Arm run where we are root (CI is; it needs dpkg, apt and mount).
 test: lint triton-venv debian-packages gstreamer-python
-	MIRASOL_TRITON_PYTHON=$(TRITON_VENV)/bin/python MIRASOL_REQUIRE_TRITON=1 MIRASOL_REQUIRE_GSTREAMER=1 \
+	MIRASOL_TRITON_PYTHON=$(TRITON_VENV)/bin/python MIRASOL_REQUIRE_TRITON=1 MIRASOL_REQUIRE_GSTREAMER=1 MIRASOL_REQUIRE_MQTT=1 \
 		MIRASOL_REQUIRE_ARM=$$([ "$$(id -u)" = 0 ] && echo 1) $(BIN)/python -m pytest -q

@@ -111,7 +111,10 @@ def evaluate_watches(engine_dir, clips: int = 20, seed: int = LONG_HELDOUT_SEED,
             "false_events_per_hour": round((t["events"] - t["matched"]) / hours, 2),
             "state_accuracy": round(t["state_right"] / chunks_total, 4),
             "events": t["events"], "truth_changes": t["changes"]}
+    from mirasol_edge.runtime import machine
+
     return {"engines": f"{engine_dir}@{engines.backend.name}", "backend": engines.backend.describe(),
+            "machine": machine.describe(),
             "clips": clips, "chunks_per_clip": length, "seeds": [seed, seed + clips - 1], "threshold": threshold,
             "tolerance_chunks": TOLERANCE, "video_hours": round(hours, 3), "per_type": per_type,
             "push_ms_p50": round(float(np.median(push_ms)), 3), "watch_ms_p50": round(float(np.median(watch_ms)), 3),
