@@ -12,10 +12,12 @@ TRITON_VENV ?= .venv-triton
 # What the tests take from Debian: NGINX (the router in front of two Triton servers), GStreamer
 # with its libav decoders, typelibs and RTSP server, what PyGObject builds against, and
 # qemu-user-static (tests/package/test_arm.py runs the wheel in Debian's arm64 Python, emulated),
-# and Mosquitto (a real MQTT broker for the watch events' MQTT sink).
+# Mosquitto (a real MQTT broker for the watch events' MQTT sink), and Chromium with its driver
+# (mirasol-run --view's page, tested in a real headless browser).
 DEBIAN_PACKAGES := nginx-light gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 \
-	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config qemu-user-static mosquitto
+	gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config qemu-user-static mosquitto \
+	chromium chromium-driver
 
 .PHONY: setup demo test lint triton-venv debian-packages gstreamer-python
 
@@ -65,5 +67,5 @@ $(VENV)/.gstreamer: pyproject.toml | debian-packages setup
 # The Triton and GStreamer tests must run here (MIRASOL_REQUIRE_*): what is missing fails them, not skips
 # them; so must the emulated Arm run where we are root (CI is; it needs dpkg, apt and mount).
 test: lint triton-venv debian-packages gstreamer-python
-	MIRASOL_TRITON_PYTHON=$(TRITON_VENV)/bin/python MIRASOL_REQUIRE_TRITON=1 MIRASOL_REQUIRE_GSTREAMER=1 MIRASOL_REQUIRE_MQTT=1 \
+	MIRASOL_TRITON_PYTHON=$(TRITON_VENV)/bin/python MIRASOL_REQUIRE_TRITON=1 MIRASOL_REQUIRE_GSTREAMER=1 MIRASOL_REQUIRE_MQTT=1 MIRASOL_REQUIRE_BROWSER=1 \
 		MIRASOL_REQUIRE_ARM=$$([ "$$(id -u)" = 0 ] && echo 1) $(BIN)/python -m pytest -q

@@ -19,8 +19,9 @@ ALLOWED = {
     "measure": {"errors", "console", "runtime"},  # mirasol-bench: stages, floors, stats, reports
     "serve": {"errors", "runtime"},  # Triton: the repository, the stream model inside it, the client
     "events": {"errors", "runtime"},  # where watch events go: webhook, MQTT, their spool
+    "view": {"errors", "console", "runtime"},  # mirasol-run --view: the live page
     "demo": {"errors", "console", "assets", "runtime", "toolkit", "calib"},
-    "cli": {"errors", "console", "assets", "runtime", "toolkit", "calib", "demo", "measure", "serve", "events"},
+    "cli": {"errors", "console", "assets", "runtime", "toolkit", "calib", "demo", "measure", "serve", "events", "view"},
 }
 
 

@@ -25,6 +25,7 @@ from mirasol_edge.runtime.results import check_question
 from mirasol_edge.runtime.watch import slug
 
 from .report import Reporter
+from .view_options import ViewPlan, linger, start_view, tap, view_options
 from .watching import WatchPlan, close_sinks, start_watching, watch_options
 
 
@@ -118,9 +119,10 @@ def _load_questions(path: str) -> dict[str, str]:
               help="with --server: this client's certificate (PEM), for a server that asks for one (mutual TLS)")
 @click.option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE", help="the private key of --tls-cert (PEM)")
 @watch_options
+@view_options
 def main(source, engine_dir, server, stream_id, questions, questions_file, sample, ask_every, backend, device, max_chunks,
          last, drop, reconnects, threads, decoder, audio_source, audio_offset, restore, snapshot, as_json, token_file,
-         takeover, tls_ca, tls_cert, tls_key, **watching):
+         takeover, tls_ca, tls_cert, tls_key, view, view_token, view_linger, **watching):
     """Stream SOURCE (a file, /dev/videoN or an rtsp:// or http:// URL) through the engines in
     ENGINES chunk by chunk, at constant cost per chunk, and answer the questions.
 
@@ -132,9 +134,10 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
     mirasol-run rtsp://cam/stream --server triton:8001 --stream-id cam-7 -a "is anyone there?"
     mirasol-run rtsp://cam/stream --server router:8443 --tls-ca ca.pem --tls-cert cam-7.pem --tls-key cam-7.key
     """
-    stream, sinks = None, []
+    stream, sinks, page = None, [], None
     try:
         plan = WatchPlan.from_options(**watching)
+        view_plan = ViewPlan.from_options(view, view_token, view_linger)
         if sample:
             source, questions_file = source or str(SAMPLE_CLIP), questions_file or str(SAMPLE_QUESTIONS)
         if source is None:
@@ -162,6 +165,8 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
         if engine_dir:  # events, evidence files and MQTT topics name the stream
             stream.name = slug(stream_id or Path(source).stem or "stream")
         sinks = start_watching(stream, plan, reporter)
+        page, reporter = start_view(view_plan, stream, reporter, {"source": source, "engines": engine_dir or server,
+                                    "backend": backend_info, "stream": getattr(stream, "name", None)})
         decode = dict(last=last, decoder=decoder, audio=audio_source, audio_offset=audio_offset)
         if live_source:
             from mirasol_edge.runtime.decode.live import LiveSource
@@ -173,7 +178,7 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
 
             chunks = decode_ahead(source, stream.spec, **decode)
         try:
-            run = _push_all(stream, chunks, reporter, questions, ask_every, max_chunks)
+            run = _push_all(stream, chunks, reporter, questions, ask_every, max_chunks, tap(page, chunks))
         finally:
             chunks.close()
         correct = 0
@@ -189,6 +194,7 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
                           "snapshot": snapshot, "correct": f"{correct}/{len(expected)}" if expected else None,
                           "dropped": chunks.stats.dropped, "reconnects": chunks.stats.reconnects,
                           **({"sinks": delivered} if delivered else {})})
+        linger(page, view_plan)
     except click.UsageError:
         raise
     except KeyboardInterrupt:
@@ -200,6 +206,8 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
         fail("mirasol-run", exc)
     finally:
         close_sinks(sinks)
+        if page is not None:
+            page.close()
         if stream is not None:
             stream.close()
 
@@ -233,7 +241,7 @@ def _open_stream(engine_dir, server, stream_id, restore, backend, device, option
 
 
 def _push_all(stream, chunks, reporter: Reporter, questions: list[str], ask_every: int | None,
-              max_chunks: int | None) -> dict:
+              max_chunks: int | None, after_push=None) -> dict:
     """Every chunk pushed (and asked about every ``ask_every``); the run's numbers. ``wait_ms`` is
     how long the loop waited for each chunk: the decoder's time when decoding is the bottleneck,
     next to nothing while a file decodes ahead on its own thread."""
@@ -247,6 +255,8 @@ def _push_all(stream, chunks, reporter: Reporter, questions: list[str], ask_ever
             events[event.watch.name] = events.get(event.watch.name, 0) + 1
         media += chunk.t1 - chunk.t0
         reporter.chunk(result, wait_ms[-1])
+        if after_push:
+            after_push(chunk, result)
         if ask_every and stream.chunks_seen % ask_every == 0:
             for q in questions:
                 reporter.answer(q, stream.ask(q))
