@@ -91,11 +91,15 @@ def main() -> None:
                 result["build_seconds"] = round(built_s, 1)
                 report["results"][f"{preset}/{recipe}"] = result
                 print(json.dumps({f"{preset}/{recipe}": result}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(report, indent=1) + "\n")
-    tmp_out.replace(args.out)
+                _write(args.out, report)  # after each case: a long run cut short keeps what it measured
     print(f"wrote {args.out}")
+
+
+def _write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = path.with_name(f".{path.name}.tmp")
+    tmp_out.write_text(json.dumps(report, indent=1) + "\n")
+    tmp_out.replace(path)
 
 
 if __name__ == "__main__":

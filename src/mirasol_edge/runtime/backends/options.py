@@ -25,10 +25,14 @@ class TrtOptions:
 @dataclass(frozen=True)
 class OrtOptions:
     threads: int = 0  # intra-op threads; 0: ONNX Runtime's default (every core)
+    # Off: each of the five sessions has its own thread pool, and a pool left spinning after its run
+    # takes the cores from the next session's (bench/watch.py on 2 cores: 8 watches' push 40 -> 20 ms).
+    spinning: bool = False
 
     def check(self, backend: str) -> None:
         ok = isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 0
         _need(ok, backend, "threads", "a whole number >= 0", self.threads)
+        _need(isinstance(self.spinning, bool), backend, "spinning", "True or False", self.spinning)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class OrtRunner(Runner):
 class OrtBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, engines: EngineDir, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, engines: EngineDir, device: str = "auto", threads: int = 0, spinning: bool = False) -> None:
         import onnxruntime as ort
 
         self.ort = ort
@@ -73,6 +73,7 @@ class OrtBackend(Backend):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if use_engines:  # already optimized at build time
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.open_runners = OpenRunners()
