@@ -140,3 +140,20 @@ def test_a_loopback_page_checks_a_token_when_given(bundled_engines, run_view):
     run.wait_serving(f"http://127.0.0.1:{port}/")
     assert http(f"http://127.0.0.1:{port}/state")[0] == 403
     assert http(f"http://127.0.0.1:{port}/state?token=t")[0] == 200
+
+
+def test_a_port_in_use_is_a_usage_error_before_any_push(bundled_engines):
+    import socket
+
+    from click.testing import CliRunner
+
+    from mirasol_edge.cli.run import main as run_main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(run_main, ["--sample", "-e", str(bundled_engines), "--json",
+                                               "--view", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2, result.output
+    assert "cannot serve there" in result.output and '"event": "chunk"' not in result.output

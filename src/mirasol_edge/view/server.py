@@ -29,7 +29,13 @@ class View:
                                 lifespan="off", timeout_graceful_shutdown=3)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # Ctrl-C stays the run's own
-        self._thread = threading.Thread(target=self._server.run, name="mirasol-view-http", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="mirasol-view-http", daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except SystemExit:  # uvicorn's way of saying it could not bind: start() reports it
+            pass
 
     def start(self, timeout: float = 10.0) -> View:
         self._thread.start()
