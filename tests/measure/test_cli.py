@@ -15,9 +15,10 @@ def run(*args):
 
 def test_side_by_side_report_and_plot(tmp_path, tiny_engines):
     clip = write_clip(tmp_path / "clip.mp4", 6.0, fps=10, size=(64, 48), beeps=(2.0,))
-    out, png = tmp_path / "r" / "report.json", tmp_path / "r" / "plot.png"
+    out, png, page = tmp_path / "r" / "report.json", tmp_path / "r" / "plot.png", tmp_path / "r" / "report.html"
     result = run("-e", tiny_engines, "-e", f"{tiny_engines}@torch", "--source", clip, "--chunks", 12,
-                 "--warmup", 2, "--block", 4, "--asks", 2, "--streams", 2, "--json", out, "--plot", png)
+                 "--warmup", 2, "--block", 4, "--asks", 2, "--streams", 2, "--json", out, "--plot", png,
+                 "--html", page)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["schema"] == SCHEMA and report["machine"]["cpu"]
@@ -39,6 +40,10 @@ def test_side_by_side_report_and_plot(tmp_path, tiny_engines):
     assert report["runs"][0]["ratio_vs_first"]["encode"] == 1.0
     assert report["runs"][0]["floor"]["ar_step"]["flops"] == report["runs"][1]["floor"]["ar_step"]["flops"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    html = page.read_text()  # one self-contained page: the table, the plots inline, nothing fetched
+    assert html.startswith("<!doctype html>") and "data:image/png;base64,iVBORw0KGgo" in html
+    assert all(r["label"] in html for r in report["runs"]) and "push p50/p99" in html
+    assert "http://" not in html and "https://" not in html
 
 
 def test_refusals_name_the_problem(tmp_path, tiny_engines):

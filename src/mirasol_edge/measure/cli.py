@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 
 from mirasol_edge.errors import MirasolError
-from mirasol_edge.measure.report import plot, print_table
+from mirasol_edge.measure.report import plot, print_table, write_html
 from mirasol_edge.measure.stats import STAGES, stats
 from mirasol_edge.runtime import machine
 from mirasol_edge.runtime.backends import split_backend
@@ -285,13 +285,16 @@ def _report(runs: list[Run], dirs: list[EngineDir], src: Source, chunks: int, wa
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the JSON report here")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write the PNG plots here")
-def main(engine_dirs, source, chunks, warmup, block, asks, question, streams, backend, device, json_path, plot_path):
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="write the run as one self-contained HTML page (table, plots, JSON)")
+def main(engine_dirs, source, chunks, warmup, block, asks, question, streams, backend, device, json_path, plot_path,
+         html_path):
     """Measure per-stage latency (decode, encoders + Combiner, AR step, text prefill, text decode per
     token), end-to-end throughput, memory and distance from the machine's physical floor, for one
     or several engine directories side by side.
 
     \b
-    mirasol-bench -e engines/tiny-cpu --source samples/sample.mp4 --json out.json --plot out.png
+    mirasol-bench -e engines/tiny-cpu --source samples/sample.mp4 --json out.json --plot out.png --html out.html
     mirasol-bench -e engines/tiny-cpu -e engines/tiny-cpu@torch --plot cmp.png   # ONNX Runtime vs PyTorch
     """
     from mirasol_edge.console import err, fail
@@ -299,9 +302,11 @@ def main(engine_dirs, source, chunks, warmup, block, asks, question, streams, ba
     try:
         json_path = Path(json_path) if json_path else None
         plot_path = Path(plot_path) if plot_path else None
+        html_path = Path(html_path) if html_path else None
         check_writable(json_path, "JSON report")
         check_writable(plot_path, "plot")
-        if plot_path is not None:
+        check_writable(html_path, "HTML page")
+        if plot_path is not None or html_path is not None:
             import matplotlib  # noqa: F401 - fail before the run, not after
         report = bench(list(engine_dirs), source, chunks, warmup, block, asks, question, streams, backend, device,
                        progress=lambda msg: err.print(f"[dim]·[/] {msg}", highlight=False))
@@ -312,6 +317,8 @@ def main(engine_dirs, source, chunks, warmup, block, asks, question, streams, ba
             write_json_atomic(json_path, report)
         if plot_path:
             plot(report, plot_path)
+        if html_path:
+            write_html(report, html_path)
     except ImportError as exc:
         err.print(f"[bold red]mirasol-bench[/]: {exc} (plots need `pip install 'mirasol-edge[bench]'`)")
         sys.exit(2)

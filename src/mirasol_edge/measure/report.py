@@ -1,7 +1,11 @@
-"""mirasol-bench's report for people: the table in the terminal and the PNG plots."""
+"""mirasol-bench's report for people: the table in the terminal, the PNG plots, and both as one HTML page."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,29 @@ from mirasol_edge.runtime.files import atomic_path
 
 def plot(report: dict, path: Path) -> None:
     """Per-stage latency CDF, push latency against chunk index, stacked stage breakdown per run."""
+    with atomic_path(path, suffix=".png") as tmp:
+        tmp.write_bytes(_png(report))
+
+
+def write_html(report: dict, path: Path) -> None:
+    """The run as one self-contained page: the table (rich's own HTML export), the plots inline,
+    the JSON report folded beneath; nothing fetched from anywhere."""
+    console = Console(record=True, width=160, file=io.StringIO())
+    print_table(report, console)
+    table = console.export_html(inline_styles=True, code_format="<pre style=\"font-size:12px\">{code}</pre>")
+    png = base64.b64encode(_png(report)).decode()
+    m = report["machine"]
+    title = f"mirasol-bench on {m['cpu']} ({m['cores']} cores)" + (f", {m['gpu']['name']}" if m["gpu"] else "")
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>"
+            f"<body style=\"font-family:sans-serif\"><h1>{html.escape(title)}</h1>{table}"
+            f"<img alt=\"plots\" style=\"max-width:100%\" src=\"data:image/png;base64,{png}\">"
+            f"<details><summary>report (JSON)</summary><pre>{html.escape(json.dumps(report, indent=1))}</pre>"
+            "</details></body></html>\n")
+    with atomic_path(path, suffix=".html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+def _png(report: dict) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,11 +69,12 @@ def plot(report: dict, path: Path) -> None:
     m = report["machine"]
     fig.suptitle(f"mirasol-bench on {m['cpu']} ({m['cores']} cores)" + (f", {m['gpu']['name']}" if m["gpu"] else ""))
     fig.tight_layout()
+    buffer = io.BytesIO()
     try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
+        fig.savefig(buffer, format="png", dpi=100)
     finally:
         plt.close(fig)
+    return buffer.getvalue()
 
 
 def print_table(report: dict, console: Console) -> None:
