@@ -256,5 +256,7 @@ def test_long_stream_has_flat_memory(tiny_engines):
     # A leak grows in both halves; the allocator settling (after a whole test session in this
     # process) shows only in the first.
     assert rss_end - rss_middle < 4, (rss_start, rss_middle, rss_end)
-    assert rss_end - rss_start < 12, (rss_start, rss_middle, rss_end)
+    # Settling late in a long session (CI, 560 tests in: +34 MiB in the first half, 0 in the second) is
+    # bounded, once; a leak of even 20 kB a push would be ~18 MiB in each half, failing the line above.
+    assert rss_end - rss_start < 48, (rss_start, rss_middle, rss_end)
     assert objects_end - objects_start < 100, (objects_start, objects_end)

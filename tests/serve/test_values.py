@@ -119,7 +119,7 @@ def test_a_server_snapshot_carries_no_server_path(triton_server, tiny_engines, t
         remote.push(_chunks(tiny_engines, 13, 1)[0])
         path = remote.snapshot(tmp_path / "remote.snapshot")
     with safe_open(str(path), "np") as f:
-        assert set(f.metadata()) == {"format", "model", "manifest_sha256", "chunks_seen"}
+        assert set(f.metadata()) == {"format", "model", "manifest_sha256", "chunks_seen", "watches"}
     data = path.read_bytes()
     assert str(twin_repository).encode() not in data and b"/engines" not in data
     with MirasolStream.open(tiny_engines) as local:  # the runtime reads it, given the engines
