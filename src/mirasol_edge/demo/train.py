@@ -35,33 +35,18 @@ from mirasol_edge.demo.synthetic import (
     QUESTIONS,
     WATCH_QUESTIONS,
 )
-from mirasol_edge.demo.watch_train import moment_loss, watch_accuracy
+from mirasol_edge.demo.watch_train import moment_loss, qa_tokens, watch_accuracy
 from mirasol_edge.runtime.config import MirasolConfig
 from mirasol_edge.runtime.decode.chunks import ChunkSpec
 from mirasol_edge.toolkit.model import Mirasol
-from mirasol_edge.toolkit.tokenizer import prompt_ids
 
 
 def text_batch(model: Mirasol, clips: list[DecodedClip], type_weights: dict[str, float] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every question of every clip: tokens [B*Q, L] and the loss weight of each position to predict
     (0 for the prompt and padding; ``type_weights`` weighs question types, default 1)."""
-    tok, cfg = model.tokenizer, model.cfg
-    rows, targets = [], []
-    for clip in clips:
-        for qa in clip.facts.qa():
-            prompt = prompt_ids(tok, qa["question"], cfg.max_question_tokens)
-            answer = tok.encode(qa["answer"]) + [tok.eos_id]
-            rows.append(prompt + answer)
-            weight = (type_weights or {}).get(qa["type"], 1.0)
-            targets.append([0.0] * (len(prompt) - 1) + [weight] * len(answer))
-    length = max(map(len, rows))
-    tokens = torch.full((len(rows), length), tok.pad_id, dtype=torch.long)
-    weights = torch.zeros(len(rows), length - 1)
-    for i, (row, target) in enumerate(zip(rows, targets)):
-        tokens[i, : len(row)] = torch.tensor(row)
-        weights[i, : len(target)] = torch.tensor(target)
-    return tokens, weights
+    return qa_tokens(model, [(qa["question"], qa["answer"], (type_weights or {}).get(qa["type"], 1.0))
+                             for clip in clips for qa in clip.facts.qa()])
 
 
 def offline(model: Mirasol, clips: list[DecodedClip]) -> tuple[torch.Tensor, torch.Tensor]:
