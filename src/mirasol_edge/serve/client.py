@@ -88,7 +88,7 @@ class RemoteStream(WatchingRemote):
         self.sequence_id = p.sequence_id(self.stream_id)
         self._grpc = grpcclient
         self.tls = tls
-        self._client = grpcclient.InferenceServerClient(url, **(tls.client_options() if tls else {}))
+        self._client = self._connect()
         try:
             config = self._call("open", lambda: self._client.get_model_config(model, as_json=True, client_timeout=timeout_s))
         except ServerError as exc:
@@ -307,6 +307,15 @@ class RemoteStream(WatchingRemote):
         except InferenceServerException:
             pass  # it goes at the batcher's idle timeout instead
 
+    def _connect(self):
+        return self._grpc.InferenceServerClient(self.url, **(self.tls.client_options() if self.tls else {}))
+
+    def _reconnect(self) -> None:
+        # A gRPC channel that saw refused connections waits out a growing backoff (up to minutes)
+        # before it tries again, even once the server is back: a new channel connects at once.
+        old, self._client = self._client, self._connect()
+        old.close()
+
     def _call(self, what: str, fn):
         from tritonclient.utils import InferenceServerException
 
@@ -320,6 +329,7 @@ class RemoteStream(WatchingRemote):
                 if not _not_delivered(exc) or time.monotonic() > deadline:
                     self._raise(what, exc)
                 time.sleep(0.25)
+                self._reconnect()
 
     def _raise(self, what: str, exc) -> None:
         message, status = exc.message() or str(exc), str(exc.status())
