@@ -63,7 +63,7 @@ def test_part_by_part_build_equals_whole_build(by_part, tiny_checkpoint, tmp_pat
             shape = [d if isinstance(d, int) else 4 for d in i.shape]
             if i.type == "tensor(uint8)":  # frames, as decoded
                 feed[i.name] = rng.integers(0, 256, shape).astype(np.uint8)
-            elif i.name == "row_stream":  # text_score's rows name a stream of the batch
+            elif i.name in ("row_stream", "score_at"):  # a stream of the batch; a position of the row
                 feed[i.name] = np.zeros(shape, np.int64)
             else:
                 feed[i.name] = (rng.integers(0, 5, shape) if "int" in i.type else rng.standard_normal(shape)).astype(

@@ -1,4 +1,4 @@
-"""The I/O contract of the four components: one small spec each, in the manner of optimum's
+"""The I/O contract of the five components: one small spec each, in the manner of optimum's
 export configs. Export, the build, calibration, every backend and the stream read it here.
 
 Names (state travels as ``past.X`` in, ``present.X`` out)::
@@ -12,10 +12,13 @@ Names (state travels as ``past.X`` in, ``present.X`` out)::
                     cross.{i}.key/.value [1,Ht,1+W*m,dt], cross_bias [1,1,1,1+W*m]
   text_decode    token [1,1] i64, past.{i}.key/.value [1,Ht,past_len,dt], cross.*, cross_bias
                  -> logits [1,V], present.{i}.key/.value [1,Ht,past_len+1,dt]
-  text_score     tokens [score_rows,score_len] i64, row_stream [score_rows] i64, context [B,W*m,Dar], pos [B] i64
-                 -> token_logprobs [score_rows,score_len] (log p of each token after the ones before it;
-                    0 at position 0): every candidate answer of every watch due, teacher-forced, in one call;
-                    the cross-attention keys/values are made once per stream of the push group
+  text_score     tokens, positions, segments [score_rows,score_len] i64, score_at, score_tokens
+                 [score_rows,score_tokens] i64, row_stream [score_rows] i64, context [B,W*m,Dar], pos [B] i64
+                 -> score_logprobs [score_rows,score_tokens]: log p(score_tokens | the row's tokens up to
+                    score_at). Every watch due on a push is one row: its prompt once (segment 0), then each
+                    candidate's answer (segment c+1, positions continuing the prompt's, seeing only the
+                    prompt and itself), all in one call; the cross-attention keys/values are made once per
+                    stream of the push group
 
 A stream's state is named ``memory``, ``pos``, ``kv.{i}.key``/``kv.{i}.value`` and ``context``;
 ``state_input``/``state_output`` give the tensor names it travels under.
@@ -31,8 +34,9 @@ from .config import MirasolConfig
 
 COMPONENTS = ("chunk_encoder", "ar_step", "text_prefill", "text_decode", "text_score")
 PROMPT_LEN, PAST_LEN = "prompt_len", "past_len"  # the named dynamic axes of asking
-SCORE_ROWS, SCORE_LEN = "score_rows", "score_len"  # and of watching
-MAX_SCORE_ROWS = 256  # candidate rows in one text_score call; more are run in several
+SCORE_ROWS, SCORE_LEN, SCORE_TOKENS = "score_rows", "score_len", "score_tokens"  # and of watching
+MAX_SCORE_ROWS = 256  # watches in one text_score call; more are run in several
+MAX_CANDIDATES = 8  # answers of one closed-set watch: they share its row
 
 
 def state_input(state: str) -> str:
@@ -118,15 +122,16 @@ def state_shapes(cfg: MirasolConfig, batch: int = 1) -> dict[str, tuple[tuple[in
 def text_bounds(max_question_tokens: int, max_answer_tokens: int) -> dict[str, tuple[int, int]]:
     """The text lengths' (min, max): a prompt is ``[BOS] question [SEP]``; a decode step's past is
     the prompt and the answer so far (the last of ``max_answer_tokens`` is never fed back); a scored
-    row is a prompt, a candidate answer and ``EOS`` (the answer at most ``max_answer_tokens - 1``)."""
-    prompt = max_question_tokens + 2
-    return {PROMPT_LEN: (2, prompt), PAST_LEN: (2, prompt + max_answer_tokens - 1),
-            SCORE_LEN: (4, prompt + max_answer_tokens)}
+    row is a prompt and up to ``MAX_CANDIDATES`` answers of at most ``max_answer_tokens - 1`` tokens,
+    each scored with its ``EOS``."""
+    prompt, answer = max_question_tokens + 2, max_answer_tokens - 1
+    return {PROMPT_LEN: (2, prompt), PAST_LEN: (2, prompt + answer),
+            SCORE_LEN: (2, prompt + MAX_CANDIDATES * answer), SCORE_TOKENS: (2, MAX_CANDIDATES * (answer + 1))}
 
 
 def contracts(cfg: MirasolConfig, batch: int = 1, max_question_tokens: int | None = None,
               max_answer_tokens: int | None = None) -> dict[str, ComponentContract]:
-    """The four components' contracts for a model of ``cfg`` serving ``batch`` streams at once;
+    """The five components' contracts for a model of ``cfg`` serving ``batch`` streams at once;
     the text lengths are the build's (its recipe may ask for less than the model allows), and
     from them come both the graphs' dynamic axes and the engines' optimization profiles."""
     b, m, ring = batch, cfg.latents_per_chunk, cfg.window_chunks * cfg.latents_per_chunk
@@ -169,9 +174,10 @@ def contracts(cfg: MirasolConfig, batch: int = 1, max_question_tokens: int | Non
     # The watches of a whole push group at once, against the group's new state as the AR step left it.
     score = ComponentContract(
         "text_score",
-        (_t("tokens", (SCORE_ROWS, SCORE_LEN), "int64"), _t("row_stream", (SCORE_ROWS,), "int64"),
-         _t("context", (b, ring, cfg.ar_width)), _t("pos", (b,), "int64")),
-        (_t("token_logprobs", (SCORE_ROWS, SCORE_LEN)),),
-        {SCORE_ROWS: (1, MAX_SCORE_ROWS), SCORE_LEN: bounds[SCORE_LEN]},
+        (*[_t(n, (SCORE_ROWS, SCORE_LEN), "int64") for n in ("tokens", "positions", "segments")],
+         *[_t(n, (SCORE_ROWS, SCORE_TOKENS), "int64") for n in ("score_at", "score_tokens")],
+         _t("row_stream", (SCORE_ROWS,), "int64"), _t("context", (b, ring, cfg.ar_width)), _t("pos", (b,), "int64")),
+        (_t("score_logprobs", (SCORE_ROWS, SCORE_TOKENS)),),
+        {SCORE_ROWS: (1, MAX_SCORE_ROWS), SCORE_LEN: bounds[SCORE_LEN], SCORE_TOKENS: bounds[SCORE_TOKENS]},
         from_state={"context": "context", "pos": "pos"})
     return {c.name: c for c in (encoder, ar, prefill, decode, score)}

@@ -28,7 +28,7 @@ from .decode.types import ChunkSpec
 from .engine_dir import EngineDir
 from .manifest import ManifestError
 from .results import ChunkResult, PushTimings, prepare_chunk
-from .watch import candidate_probabilities
+from .watch import candidate_probabilities, score_feeds
 
 if TYPE_CHECKING:
     from .stream import MirasolStream
@@ -150,33 +150,23 @@ class MirasolEngines:
 
     def _score_watches(self, path: PushPath, streams: list[MirasolStream], new_states: dict) -> dict[int, list]:
         """Every closed-set watch due on this push, for every stream of the group, teacher-forced in
-        one text_score call (several past MAX_SCORE_ROWS rows) against the group's new state:
-        stream index -> [(watch, candidate probabilities)]."""
+        one text_score call (several past MAX_SCORE_ROWS watches) against the group's new state, a
+        row per watch: stream index -> [(watch, candidate probabilities)]."""
         due = [(i, w) for i, s in enumerate(streams) for w in s._watches if w.closed and w.due(s.chunks_seen)]
         if not due:
             return {}
         if path.score is None:
             path.score = self.backend.runner("text_score", path.lane)
-        contract = self.contracts["text_score"]
-        rows = [(i, w, row) for i, w in due for row in w._rows]
-        logprobs = []
-        for start in range(0, len(rows), MAX_SCORE_ROWS):
-            part = rows[start : start + MAX_SCORE_ROWS]
-            width = max(len(r[0]) for _, _, r in part)
-            tokens = np.full((len(part), width), self.tokenizer.pad_id, np.int64)
-            for j, (_, _, (row, _)) in enumerate(part):
-                tokens[j, : len(row)] = row
-            feeds = {"tokens": self.backend.upload(tokens, None, path.lane),
-                     "row_stream": self.backend.upload(np.array([i for i, _, _ in part], np.int64), None, path.lane),
-                     **{inp: new_states[s] for inp, s in contract.from_state.items()}}
-            logprobs.append(self.backend.download(path.score.run(feeds)["token_logprobs"]))
-        table = np.concatenate(logprobs) if len(logprobs) > 1 else logprobs[0]
+        state_feeds = {inp: new_states[s] for inp, s in self.contracts["text_score"].from_state.items()}
         out: dict[int, list] = {}
-        at = 0
-        for i, w in due:
-            n = len(w._rows)
-            out.setdefault(i, []).append((w, candidate_probabilities(table[at : at + n], w._rows)))
-            at += n
+        for start in range(0, len(due), MAX_SCORE_ROWS):
+            part = due[start : start + MAX_SCORE_ROWS]
+            feeds = {name: self.backend.upload(array, None, path.lane)
+                     for name, array in score_feeds([w._row for _, w in part], self.tokenizer.pad_id).items()}
+            feeds["row_stream"] = self.backend.upload(np.array([i for i, _ in part], np.int64), None, path.lane)
+            table = self.backend.download(path.score.run({**feeds, **state_feeds})["score_logprobs"])
+            for (i, w), logprobs in zip(part, table):
+                out.setdefault(i, []).append((w, candidate_probabilities(logprobs, w._row)))
         return out
 
     @contextlib.contextmanager

@@ -1,11 +1,11 @@
 """Watches: standing questions a stream answers on every chunk, and the events they fire.
 
 A *closed-set* watch (``answers=("yes", "no")``) scores every candidate answer by teacher forcing
-(the ``text_score`` engine: all candidates of all watches due on a push in one call, no greedy
-loop) and takes each candidate's probability among the candidates. It fires when ``answers[0]``'s
-probability reaches ``threshold`` for ``min_chunks`` chunks in a row, and fires again (the leading
-other candidate: "no") when it falls below ``release``: hysteresis, so a probability hovering at
-the threshold does not chatter. An *open* watch (``answers=None``) answers greedily each ``every``
+(the ``text_score`` engine: all watches due on a push in one call, a row each that holds the
+prompt once and every candidate after it; no greedy loop) and takes each candidate's probability
+among the candidates. It fires when ``answers[0]``'s probability reaches ``threshold`` for
+``min_chunks`` chunks in a row, and fires again (the leading other candidate: "no") when it falls
+below ``release``: hysteresis, so a probability hovering at the threshold does not chatter. An *open* watch (``answers=None``) answers greedily each ``every``
 chunks and fires when its answer changes (the first answer too), once the new answer has held
 ``min_chunks`` evaluations. After an event a watch stays quiet for ``cooldown_chunks`` chunks.
 
@@ -25,11 +25,12 @@ import numpy as np
 
 from mirasol_edge.errors import UsageError
 
+from .components import MAX_CANDIDATES
 from .results import check_question
 
 HYSTERESIS = 0.1  # the default release: this far below the threshold (halfway to 0 for a threshold under 0.2)
 MAX_WATCHES = 32  # per stream: each costs a share of every push
-MAX_ANSWERS = 8  # candidates of one closed-set watch
+MAX_ANSWERS = MAX_CANDIDATES  # of one closed-set watch
 
 
 def slug(text: str) -> str:
@@ -205,16 +206,64 @@ def _fraction(name: str, value) -> float:
     return float(value)
 
 
-def candidate_rows(watch: Watch, prompt: list[int], encode: Callable[[str], list[int]], eos: int
-                   ) -> list[tuple[list[int], int]]:
-    """Each candidate as a scored row (prompt, answer, EOS) and where its answer starts."""
-    return [(prompt + encode(a) + [eos], len(prompt)) for a in watch.answers]
+@dataclass(frozen=True)
+class ScoreRow:
+    """One watch's candidates packed into one text_score row. The prompt comes once (segment 0), then
+    each candidate's answer tokens (segment c + 1) at the positions they would have after the prompt;
+    a token sees the prompt and its own candidate only, so each answer is scored exactly as if it
+    followed the prompt alone, for the prompt's cost once. The prompt's last token scores every
+    candidate's first token; each answer token scores the next one (its last: EOS)."""
+
+    tokens: tuple[int, ...]
+    positions: tuple[int, ...]
+    segments: tuple[int, ...]
+    score_at: tuple[int, ...]  # which token's output scores each scored token
+    score_tokens: tuple[int, ...]
+    candidate: tuple[int, ...]  # whose answer each scored token is
+
+    @property
+    def candidates(self) -> int:
+        return self.candidate[-1] + 1
 
 
-def candidate_probabilities(logprobs: np.ndarray, rows: list[tuple[list[int], int]]) -> np.ndarray:
-    """token_logprobs rows of one watch -> each candidate's probability among the candidates
-    (the answer's tokens and its EOS, summed, then a softmax over the candidates)."""
-    scores = np.array([logprobs[i, start:len(row)].sum() for i, (row, start) in enumerate(rows)], np.float64)
+def score_row(prompt: list[int], answers: list[list[int]], eos: int) -> ScoreRow:
+    tokens, positions, segments = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+    at: list[int] = []
+    scored: list[int] = []
+    owner: list[int] = []
+    for c, answer in enumerate(answers):
+        previous = len(prompt) - 1
+        for k, token in enumerate([*answer, eos]):
+            at.append(previous)
+            scored.append(token)
+            owner.append(c)
+            if k < len(answer):  # EOS is only scored, never fed
+                tokens.append(token)
+                positions.append(len(prompt) + k)
+                segments.append(c + 1)
+                previous = len(tokens) - 1
+    return ScoreRow(tuple(tokens), tuple(positions), tuple(segments), tuple(at), tuple(scored), tuple(owner))
+
+
+def score_feeds(rows: list[ScoreRow], pad: int) -> dict[str, np.ndarray]:
+    """text_score's row inputs for ``rows``, padded to the longest (padding is never scored)."""
+    width, scored = max(len(r.tokens) for r in rows), max(len(r.score_at) for r in rows)
+    n = len(rows)
+    feeds = {"tokens": np.full((n, width), pad, np.int64), "positions": np.zeros((n, width), np.int64),
+             "segments": np.zeros((n, width), np.int64), "score_at": np.zeros((n, scored), np.int64),
+             "score_tokens": np.full((n, scored), pad, np.int64)}
+    for j, row in enumerate(rows):
+        for name in feeds:
+            values = getattr(row, name)
+            feeds[name][j, : len(values)] = values
+    return feeds
+
+
+def candidate_probabilities(logprobs: np.ndarray, row: ScoreRow) -> np.ndarray:
+    """One row of score_logprobs -> each candidate's probability among the candidates (its answer's
+    tokens and EOS, summed, then a softmax over the candidates)."""
+    scores = np.bincount(row.candidate, weights=logprobs[: len(row.candidate)].astype(np.float64),
+                         minlength=row.candidates)
     scores -= scores.max()
     e = np.exp(scores)
     return e / e.sum()

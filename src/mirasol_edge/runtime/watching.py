@@ -22,7 +22,7 @@ from mirasol_edge.errors import UsageError
 
 from .results import ChunkResult
 from .tokenizer import prompt_ids
-from .watch import MAX_WATCHES, Watch, WatchEvent, candidate_rows
+from .watch import MAX_WATCHES, Watch, WatchEvent, score_row
 
 if TYPE_CHECKING:
     from .stream import MirasolStream
@@ -53,7 +53,8 @@ class Watching:
                 if len(tok.encode(answer)) > longest:
                     raise UsageError(f"watch {watch.question!r}: answer {answer!r} is {len(tok.encode(answer))} tokens; "
                                      f"these engines score answers of at most {longest}")
-            watch._rows = candidate_rows(watch, prompt_ids(tok, watch.question, max_q), tok.encode, tok.eos_id)
+            watch._row = score_row(prompt_ids(tok, watch.question, max_q), [tok.encode(a) for a in watch.answers],
+                                   tok.eos_id)
         if watch.evidence_seconds and self.evidence is None:
             raise UsageError(f"watch {watch.question!r}: evidence_seconds={watch.evidence_seconds} needs a folder: "
                              "call stream.keep_evidence(folder) first (mirasol-run: --evidence DIR)")

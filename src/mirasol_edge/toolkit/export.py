@@ -22,7 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from mirasol_edge.errors import MirasolError, UsageError
-from mirasol_edge.runtime.components import ComponentContract, contracts, kv_names
+from mirasol_edge.runtime.components import (
+    MAX_CANDIDATES,
+    SCORE_LEN,
+    SCORE_TOKENS,
+    ComponentContract,
+    contracts,
+    kv_names,
+)
+from mirasol_edge.runtime.watch import score_feeds, score_row
 
 from .model import Mirasol
 from .tokenizer import prompt_ids
@@ -134,24 +142,32 @@ class TextDecodeGraph(ContractGraph):
 
 
 class TextScoreGraph(ContractGraph):
-    """Teacher forcing for every candidate row at once: the log-probability of each token given
-    those before it. The cross-attention keys and values are made once per stream and gathered
-    for its rows, so K watches cost one pass over K short rows, not K prefills."""
+    """Teacher forcing for every watch at once, a packed row each (``runtime.watch.ScoreRow``): the
+    log-probability of each scored token given the tokens its row lets it see. The cross-attention
+    keys and values are made once per stream and gathered for its rows; the output projection runs
+    on the scored positions only."""
 
     def __init__(self, model: Mirasol) -> None:
         super().__init__(model, "text_score")
         self.model = model
 
     def step(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
-        cfg = self.model.cfg
+        cfg, text = self.model.cfg, self.model.text
         age, valid = self.model.ar.context_ages(feeds["pos"], cfg.window_chunks, cfg.latents_per_chunk)
-        memory, cross_bias = self.model.text.memory(feeds["context"], age, valid)
+        memory, cross_bias = text.memory(feeds["context"], age, valid)
         rows = feeds["row_stream"]
-        cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.model.text.cross_kv(memory)]
-        tokens = feeds["tokens"]
-        logits, _ = self.model.text(tokens, cross, cross_bias.index_select(0, rows))
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, tokens[:, 1:, None])[..., 0]
-        return {"token_logprobs": torch.cat([torch.zeros_like(logprobs[:, :1]), logprobs], dim=1)}
+        cross = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in text.cross_kv(memory)]
+        tokens, segments = feeds["tokens"], feeds["segments"]
+        index = torch.arange(tokens.shape[1], device=tokens.device)
+        causal = index[None, :] <= index[:, None]  # [query, key]
+        keys, queries = segments[:, None, :], segments[:, :, None]
+        visible = causal[None] & ((keys == queries) | (keys == 0))  # the prompt, and the token's own answer
+        hidden, _ = text.hidden(tokens, cross, cross_bias.index_select(0, rows), positions=feeds["positions"],
+                                visible=visible)
+        at = feeds["score_at"]
+        picked = hidden.gather(1, at[..., None].expand(-1, -1, hidden.shape[-1]))
+        logprobs = torch.log_softmax(text.head(picked).float(), dim=-1)
+        return {"score_logprobs": logprobs.gather(-1, feeds["score_tokens"][..., None])[..., 0]}
 
 
 def _pairs(feeds: dict[str, Tensor], names: list[str]) -> list[tuple[Tensor, Tensor]]:
@@ -165,7 +181,7 @@ def _named(names: list[str], pairs) -> dict[str, Tensor]:
 
 GRAPHS = {"chunk_encoder": ChunkEncoderGraph, "ar_step": ARStepGraph, "text_prefill": TextPrefillGraph,
           "text_decode": TextDecodeGraph, "text_score": TextScoreGraph}
-SCORE_EXAMPLE = ("is the square red?", ("yes", "no", "maybe"))  # three rows: no dynamic axis of size 1
+SCORE_EXAMPLES = (("is the square red?", ("yes", "no", "maybe")), ("is there a beep?", ("yes", "no")))
 
 
 def _examples(model: Mirasol, contract: ComponentContract, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -191,13 +207,16 @@ def _examples(model: Mirasol, contract: ComponentContract, state: dict[str, Tens
 
 
 def _score_example(model: Mirasol, contract: ComponentContract, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    tok, (question, answers) = model.tokenizer, SCORE_EXAMPLE
-    prompt = prompt_ids(tok, question, model.cfg.max_question_tokens)
-    rows = [prompt + tok.encode(a) + [tok.eos_id] for a in answers]
-    width = min(max(map(len, rows)), contract.dynamic["score_len"][1])  # a recipe's short limits cut the rows
-    tokens = torch.tensor([(r + [tok.pad_id] * width)[:width] for r in rows])
-    batch = contract.inputs[2].shape[0]  # the context's: the build's batch
-    return {"tokens": tokens, "row_stream": torch.arange(len(rows)) % batch,
+    """Two watches' rows (no dynamic axis of size 1), cut to the build's text limits."""
+    tok = model.tokenizer
+    scored = contract.dynamic[SCORE_TOKENS][1]
+    longest = scored // MAX_CANDIDATES - 1  # the build's answer limit
+    question_limit = contract.dynamic[SCORE_LEN][1] - 2 - MAX_CANDIDATES * longest
+    rows = [score_row(prompt_ids(tok, question, question_limit), [tok.encode(a)[:longest] for a in answers],
+                      tok.eos_id) for question, answers in SCORE_EXAMPLES]
+    feeds = {name: torch.from_numpy(array) for name, array in score_feeds(rows, tok.pad_id).items()}
+    batch = contract.inputs[-2].shape[0]  # the context's: the build's batch
+    return {**feeds, "row_stream": torch.arange(len(rows)) % batch,
             **{inp: state[s][:batch] for inp, s in contract.from_state.items()}}
 
 

@@ -55,14 +55,31 @@ class TextDecoder(nn.Module):
         self, tokens: Tensor, cross: list[KV], cross_bias: Tensor, past: list[KV] | None = None
     ) -> tuple[Tensor, list[KV]]:
         """tokens [B, L] after ``past`` (per layer [B, H, P, head_dim]) -> logits [B, L, V], presents."""
+        hidden, presents = self.hidden(tokens, cross, cross_bias, past)
+        return self.head(hidden), presents
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.norm(hidden) @ self.embed.weight.T
+
+    def hidden(
+        self, tokens: Tensor, cross: list[KV], cross_bias: Tensor, past: list[KV] | None = None,
+        positions: Tensor | None = None, visible: Tensor | None = None,
+    ) -> tuple[Tensor, list[KV]]:
+        """The last block's output [B, L, width]. By default token j sits at ``past_len + j`` and sees
+        every token up to itself; a packed row (text_score) gives its own ``positions`` [B, L] and
+        ``visible`` [B, L, L] (which tokens each token sees)."""
         length = tokens.shape[1]
         past_len = 0 if past is None else past[0][0].shape[2]
-        positions = torch.arange(length, device=tokens.device) + past_len
-        x = self.embed(tokens) + nn.functional.embedding(positions, self.position)
         key_index = torch.arange(past_len + length, device=tokens.device)
-        causal = key_index[None, :] <= positions[:, None]
-        zeros = torch.zeros(causal.shape, dtype=x.dtype, device=x.device)
-        bias = torch.where(causal, zeros, torch.full_like(zeros, NEG_INF))
+        if positions is None:
+            positions = torch.arange(length, device=tokens.device) + past_len
+        if visible is None:
+            visible = key_index[None, :] <= positions[:, None]
+        x = self.embed(tokens) + nn.functional.embedding(positions, self.position)
+        zeros = torch.zeros(visible.shape, dtype=x.dtype, device=x.device)
+        bias = torch.where(visible, zeros, torch.full_like(zeros, NEG_INF))
+        if bias.dim() == 3:
+            bias = bias[:, None]  # per row: [B, 1, L, L], broadcast over the heads
 
         presents: list[KV] = []
         for i, block in enumerate(self.blocks):
@@ -73,5 +90,4 @@ class TextDecoder(nn.Module):
                 return k, v
 
             x = block(x, bias, update_kv=update, cross_kv=cross[i], cross_bias=cross_bias)
-        logits = self.norm(x) @ self.embed.weight.T
-        return logits, presents
+        return x, presents
