@@ -8,6 +8,7 @@ alone; ``watch_ms`` is the scoring's own time inside the push (one text_score ca
 Goals (issue 24, edge on ORT CPU): one watch <= 0.3x a push, eight <= 1.0x.
 
     .venv/bin/python bench/watch.py [--presets tiny edge] [--recipes cpu cpu-fast] [--pushes 60]
+    .venv/bin/python bench/watch.py --built edge/cpu-fast=DIR   # engines mirasol-build already made
 """
 
 from __future__ import annotations
@@ -77,9 +78,17 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "edge"], choices=list(SOURCES))
     parser.add_argument("--recipes", nargs="+", default=["cpu", "cpu-fast"])
     parser.add_argument("--pushes", type=int, default=60, help="pushes per stream, in blocks of 5")
+    parser.add_argument("--built", action="append", default=[], metavar="LABEL=DIR",
+                        help="measure these engines instead of building (edge cpu-fast calibrates for ~15 min)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/watch.json"))
     args = parser.parse_args()
     report = {"machine": machine.describe(), "ks": list(KS), "answers_per_watch": 2, "results": {}}
+    if args.built:
+        for label, folder in (b.split("=", 1) for b in args.built):
+            report["results"][label] = result = measure(Path(folder), args.pushes)
+            print(json.dumps({label: result}), flush=True)
+            _write(args.out, report)
+        return
     with tempfile.TemporaryDirectory(prefix="mirasol-watch-bench-") as tmp:
         for preset in args.presets:
             for recipe in args.recipes:

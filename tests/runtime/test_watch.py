@@ -13,7 +13,7 @@ from mirasol_edge.errors import UsageError
 from mirasol_edge.runtime.decode.chunks import chunks
 from mirasol_edge.runtime.engines import MirasolEngines
 from mirasol_edge.runtime.stream import MirasolStream
-from mirasol_edge.runtime.watch import MAX_WATCHES, Watch
+from mirasol_edge.runtime.watch import MAX_WATCHES, Watch, score_feeds, score_row
 from mirasol_edge.toolkit.build import build
 from mirasol_edge.toolkit.recipe import load_recipe
 from mirasol_edge.toolkit.tokenizer import prompt_ids
@@ -57,6 +57,24 @@ def test_closed_set_probabilities_are_the_models_own(tiny_engines, decoded):
             for watch, (q, a) in zip(watches, QUESTIONS):
                 want = _teacher_forced(model, state, q, a)
                 assert watch.probability == pytest.approx(want[0], abs=2e-4)
+
+
+def test_a_watch_is_one_packed_row_its_prompt_once():
+    """Prompt [BOS, q, SEP], answers "ab" and "c": each answer continues the prompt's positions in
+    its own segment; the prompt's last token scores both first tokens, and each answer's last token
+    its EOS (never fed)."""
+    bos, q, sep, a, b, c, eos, pad = 256, 10, 257, 1, 2, 3, 258, 259
+    row = score_row([bos, q, sep], [[a, b], [c]], eos)
+    assert row.tokens == (bos, q, sep, a, b, c)
+    assert row.positions == (0, 1, 2, 3, 4, 3)
+    assert row.segments == (0, 0, 0, 1, 1, 2)
+    assert row.score_at == (2, 3, 4, 2, 5)
+    assert row.score_tokens == (a, b, eos, c, eos)
+    assert row.candidate == (0, 0, 0, 1, 1) and row.candidates == 2
+    feeds = score_feeds([row, score_row([bos, sep], [[a], [b]], eos)], pad)
+    assert feeds["tokens"].shape == (2, 6) and feeds["score_at"].shape == (2, 5)
+    assert feeds["tokens"][1].tolist() == [bos, sep, a, b, pad, pad]
+    assert feeds["score_tokens"][1].tolist() == [a, eos, b, eos, pad]
 
 
 def test_many_watches_in_one_call_equal_each_alone(tiny_engines, decoded):

@@ -4,7 +4,11 @@ model streams decoded clips and answers real questions.
 - chunk_encoder: decoded frames and log-mel, and the TTM memory the stream carries;
 - ar_step: the Combiner latents and the AR state (KV ring, context, position) before each step;
 - text_prefill / text_decode: the demo task's questions against the context the clip left,
-  and every greedy decoding step of the answer (its token, KV cache and cross-attention).
+  and every greedy decoding step of the answer (its token, KV cache and cross-attention);
+- text_score: a watch's row against the state each push leaves.
+
+Each clip gives each component an equal share of ``max_samples`` as it is streamed, so memory holds
+one clip's records at most (all of them at edge: ~2.5 GB a clip, 12 clips did not fit in 24 GiB).
 
 Media is a directory of clips (anything the decode iterator reads) or ``synthetic``: clips from
 the demo generator, encoded with PyAV. Clips that don't decode are skipped and counted. The
@@ -30,7 +34,7 @@ from mirasol_edge.runtime.decode.types import MEDIA_SUFFIXES
 from mirasol_edge.runtime.files import atomic_path, sha256_file
 from mirasol_edge.toolkit.reference import record_stream
 
-FORMAT = "mirasol-calib/2"  # 2: recorded through MirasolStream on the PyTorch reference
+FORMAT = "mirasol-calib/3"  # 2: recorded through MirasolStream on the PyTorch reference; 3: a share per clip
 CALIB_SEED = 30_000_000  # synthetic calibration clips; training and held-out evaluation use other seeds
 
 Sample = dict[str, np.ndarray]
@@ -150,10 +154,11 @@ def collect(model, media: str | Path, clips: int, max_samples: int, min_samples:
     per_split = {}
     for split, part in (("fit", decoded[:-n_held]), ("held_out", decoded[-n_held:])):
         samples = {c: [] for c in COMPONENTS}
+        share = -(-max_samples // len(part))
         for i, path in enumerate(part):
             progress(f"calibration: streaming {split} clip {i + 1}/{len(part)}")
             for component, feeds in record_stream(model, path, questions).items():
-                samples[component] += feeds
+                samples[component] += _subsample(feeds, share)
         per_split[split] = {c: _subsample(s, max_samples) for c, s in samples.items()}
     data = CalibrationSet(per_split["fit"], per_split["held_out"], len(decoded), skipped, key)
     _save(cached, data)
