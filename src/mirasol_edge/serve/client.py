@@ -310,12 +310,6 @@ class RemoteStream(WatchingRemote):
     def _connect(self):
         return self._grpc.InferenceServerClient(self.url, **(self.tls.client_options() if self.tls else {}))
 
-    def _reconnect(self) -> None:
-        # A gRPC channel that saw refused connections waits out a growing backoff (up to minutes)
-        # before it tries again, even once the server is back: a new channel connects at once.
-        old, self._client = self._client, self._connect()
-        old.close()
-
     def _call(self, what: str, fn):
         from tritonclient.utils import InferenceServerException
 
@@ -324,12 +318,14 @@ class RemoteStream(WatchingRemote):
             try:
                 return fn()
             except InferenceServerException as exc:
-                # Never delivered (gRPC backs off after a refused connection, e.g. while a server
-                # restarts): safe to send again, for a bounded time. Anything else is raised.
+                # Never delivered (refused, e.g. while a server restarts): safe to send again, for a
+                # bounded time, on a new channel (one that saw refusals backs off for up to minutes,
+                # even once the server is back). Anything else is raised.
                 if not _not_delivered(exc) or time.monotonic() > deadline:
                     self._raise(what, exc)
                 time.sleep(0.25)
-                self._reconnect()
+                old, self._client = self._client, self._connect()
+                old.close()
 
     def _raise(self, what: str, exc) -> None:
         message, status = exc.message() or str(exc), str(exc.status())
