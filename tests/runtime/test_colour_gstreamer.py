@@ -6,13 +6,10 @@ limited, and scaled without antialiasing. Now both hand over their decoded plane
 Marked ``gstreamer``: runs after every other test (see test_gstreamer.py and tests/conftest.py).
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
+from tests.gstreamer_probe import require_gstreamer
 from tests.runtime.colour_media import (
     BARS,
     MEAN_LEVELS,
@@ -27,12 +24,7 @@ from tests.runtime.colour_media import (
 )
 
 pytestmark = pytest.mark.gstreamer
-_PROBE = subprocess.run([sys.executable, "-c", "from mirasol_edge.runtime.decode import gst; gst.gst()"],
-                        capture_output=True, text=True)
-if _PROBE.returncode != 0:
-    if os.environ.get("MIRASOL_REQUIRE_GSTREAMER"):
-        pytest.fail("GStreamer (PyGObject + typelibs) is missing; make test installs them", pytrace=False)
-    pytest.skip("GStreamer (PyGObject + typelibs) is not installed", allow_module_level=True)
+require_gstreamer()
 
 VP9 = [Kind("vp9", (1280, 720), None, None), Kind("vp9", (640, 480), "bt709", True)]
 

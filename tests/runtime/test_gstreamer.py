@@ -8,7 +8,6 @@ import). A robot's runtime process decodes and runs engines and has neither of t
 they are build and bench tools.
 """
 
-import os
 import subprocess
 import sys
 import time
@@ -20,18 +19,13 @@ import pytest
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, DecodeError, Flags, chunks
 from mirasol_edge.runtime.decode.live import LiveSource, SourceLost
 from mirasol_edge.serve.local_server import free_port
+from tests.gstreamer_probe import require_gstreamer
 from tests.media import write_clip
 
 SPEC = ChunkSpec(fps=4.0, frames_per_chunk=4, image_size=32, sample_rate=16000, n_fft=400, hop_length=160, n_mels=32)
 
 pytestmark = pytest.mark.gstreamer
-# Asked in a child, so that collecting this module does not initialise GStreamer (see above).
-_PROBE = subprocess.run([sys.executable, "-c", "from mirasol_edge.runtime.decode import gst; gst.gst()"],
-                        capture_output=True, text=True)
-if _PROBE.returncode != 0:
-    if os.environ.get("MIRASOL_REQUIRE_GSTREAMER"):
-        pytest.fail("GStreamer (PyGObject + typelibs) is missing; make test installs them", pytrace=False)
-    pytest.skip("GStreamer (PyGObject + typelibs) is not installed", allow_module_level=True)
+require_gstreamer()
 
 
 def _energy(chunk) -> float:

@@ -4,6 +4,7 @@ shows a playable evidence clip, a second page works at once, and the summary sta
 last chunk. Then the token rule, over plain HTTP."""
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -11,21 +12,10 @@ import pytest
 
 from mirasol_edge.demo.synthetic import COLOURS, make_long_clip
 from tests.events.helpers import free_port
-from tests.view.helpers import Run, http, require_browser, wait_for
+from tests.view.helpers import http, require_browser, wait_for
 
 QUESTION = "what colour is the square?"
 DOCS_SHOT = Path(__file__).resolve().parents[2] / "docs" / "view.png"
-
-
-@pytest.fixture(scope="module")
-def bundled_engines(tmp_path_factory):
-    from mirasol_edge.assets import BUNDLED_CHECKPOINT
-    from mirasol_edge.toolkit.build import build
-    from mirasol_edge.toolkit.recipe import load_recipe
-
-    out = tmp_path_factory.mktemp("view-engines") / "tiny-cpu"
-    build(load_recipe("cpu"), out, checkpoint=BUNDLED_CHECKPOINT)
-    return out
 
 
 @pytest.fixture
@@ -38,19 +28,6 @@ def browser():
 @pytest.fixture
 def long_clip(tmp_path):
     return make_long_clip(7, tmp_path, chunks=20)[0]
-
-
-@pytest.fixture
-def run_view(tmp_path):
-    runs = []
-
-    def start(args, pace_s=0.0):
-        run = Run(args, tmp_path / f"run-{len(runs)}.log", pace_s)
-        runs.append(run)
-        return run
-    yield start
-    for run in runs:  # every process stopped, whatever the test did
-        run.stop()
 
 
 def _frame(browser):
@@ -109,6 +86,8 @@ def test_the_page_follows_the_stream_answers_and_plays_evidence(bundled_engines,
     assert '"chunks": 20' in summary, summary
     facts = browser.find_element("id", "facts").text
     assert "onnxruntime" in facts and "chunks_seen 20" in facts and "dropped 0" in facts, facts
+    assert "precision fp32" in facts and "decoder pyav" in facts, facts
+    assert re.search(r"realtime_factor \d+(\.\d+)?", facts), facts
     assert run.process.poll() is None, run.output()  # still up: lingering
     browser.save_screenshot(str(tmp_path / "view.png"))
     assert (tmp_path / "view.png").stat().st_size > 10_000

@@ -67,6 +67,28 @@ def test_frames_are_encoded_at_most_rate_a_second_and_the_last_one_shown():
     assert snap["watches"]["w"]["history"][-1] == [39, 0.75]
 
 
+def test_points_carry_the_decode_wait_and_the_facts_a_live_real_time_factor():
+    from mirasol_edge.view.frames import Feed
+    from mirasol_edge.view.state import RATE_POINTS, ViewState
+
+    state = ViewState()
+    feed = Feed(state, rate=100)
+    for i in range(RATE_POINTS + 10):  # 1 s chunks, every 0.5 s of wall clock, then every 0.25 s
+        wall = 100 + 0.5 * i if i < 10 else 105 + 0.25 * (i - 10)
+        feed.put(None, _result(i), ([], {}), {"decode_ms": 5.0 + i, "wall": wall})
+        time.sleep(0.01)  # the hand-off drops what a slow view cannot take: here, nothing
+        if i == 9:
+            feed.close()
+            first = state.snapshot()
+            feed = Feed(state, rate=100)
+    feed.close()
+    assert first["facts"]["realtime_factor"] == 2.0
+    snap = state.snapshot()
+    assert snap["counters"]["dropped_by_view"] == 0
+    assert [p["decode_ms"] for p in snap["timings"]] == [5.0 + i for i in range(RATE_POINTS + 10)]
+    assert snap["facts"]["realtime_factor"] == 4.0  # over the last RATE_POINTS chunks only
+
+
 def test_evidence_is_served_by_id_only_for_files_the_run_wrote(tmp_path):
     from mirasol_edge.view.server import View
 

@@ -21,11 +21,12 @@ from mirasol_edge.console import err, fail
 from mirasol_edge.measure.stats import stats
 from mirasol_edge.runtime.backends.base import NAMES
 from mirasol_edge.runtime.decode.chunks import LIVE_PREFIXES
+from mirasol_edge.runtime.decode.registry import names as decoder_names
 from mirasol_edge.runtime.results import check_question
 from mirasol_edge.runtime.watch import slug
 
 from .report import Reporter
-from .view_options import ViewPlan, linger, start_view, tap, view_options
+from .view_options import ViewPlan, linger, precision_of, start_view, tap, view_options
 from .watching import WatchPlan, close_sinks, start_watching, watch_options
 
 
@@ -99,8 +100,7 @@ def _load_questions(path: str) -> dict[str, str]:
               help="live sources: reopen a failed source this many times in a row before giving up")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="ONNX Runtime CPU threads; 0: all cores, or all but one while a file decodes on its own thread")
-@click.option("--decoder", type=click.Choice(["auto", "pyav", "gstreamer", "gstreamer-software", "gstreamer-hardware",
-                                             "dali-cpu", "dali-gpu"]), default="auto", show_default=True,
+@click.option("--decoder", type=click.Choice(["auto", *decoder_names()]), default="auto", show_default=True,
               help="who decodes the video (auto: NVDEC through DALI on a GPU, GStreamer on a Jetson, else PyAV)")
 @click.option("--audio", "audio_source", metavar="SOURCE",
               help="audio from a second source: alsa:hw:2,0, pulse:, gst:DESCRIPTION or a file (GStreamer)")
@@ -166,7 +166,8 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
             stream.name = slug(stream_id or Path(source).stem or "stream")
         sinks = start_watching(stream, plan, reporter)
         page, reporter = start_view(view_plan, stream, reporter, {"source": source, "engines": engine_dir or server,
-                                    "backend": backend_info, "stream": getattr(stream, "name", None)})
+                                    "backend": backend_info, "precision": precision_of(stream),
+                                    "stream": getattr(stream, "name", None)})
         decode = dict(last=last, decoder=decoder, audio=audio_source, audio_offset=audio_offset)
         if live_source:
             from mirasol_edge.runtime.decode.live import LiveSource
@@ -256,7 +257,7 @@ def _push_all(stream, chunks, reporter: Reporter, questions: list[str], ask_ever
         media += chunk.t1 - chunk.t0
         reporter.chunk(result, wait_ms[-1])
         if after_push:
-            after_push(chunk, result)
+            after_push(chunk, result, wait_ms[-1])
         if ask_every and stream.chunks_seen % ask_every == 0:
             for q in questions:
                 reporter.answer(q, stream.ask(q))

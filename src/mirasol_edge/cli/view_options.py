@@ -86,6 +86,17 @@ def start_view(plan: ViewPlan | None, stream, reporter, facts: dict):
     return view, _Tee(reporter, view)
 
 
+def precision_of(stream) -> str:
+    """Each component's precision, as the build chose it ("int8", or "chunk_encoder int8 · ar_step int4 · ...")."""
+    engines = getattr(stream, "engines", None)
+    if engines is None:
+        return "the server's build"
+    chosen = {name: c.precision for name, c in engines.dir.components.items()}
+    if len(set(chosen.values())) == 1:
+        return next(iter(chosen.values()))
+    return " · ".join(f"{name} {p}" for name, p in chosen.items())
+
+
 def tap(view, chunks):
     """What the push loop calls after each push (None without --view): the view gets references."""
     if view is None:
@@ -93,8 +104,9 @@ def tap(view, chunks):
     pace = float(os.environ.get(PACE_ENV) or 0)
     last = [time.monotonic()]
 
-    def after_push(chunk, result) -> None:
-        view.push(chunk, result, dropped=chunks.stats.dropped, reconnects=chunks.stats.reconnects)
+    def after_push(chunk, result, wait_ms: float) -> None:
+        view.push(chunk, result, wait_ms, dropped=chunks.stats.dropped, reconnects=chunks.stats.reconnects,
+                  decoder=getattr(chunk, "decoder", None))
         if pace:
             time.sleep(max(0.0, pace - (time.monotonic() - last[0])))
             last[0] = time.monotonic()

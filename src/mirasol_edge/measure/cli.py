@@ -25,6 +25,7 @@ from mirasol_edge.measure.stats import STAGES, stats
 from mirasol_edge.runtime import machine
 from mirasol_edge.runtime.backends import split_backend
 from mirasol_edge.runtime.backends.base import NAMES
+from mirasol_edge.runtime.decode.registry import names as decoder_names
 from mirasol_edge.runtime.engine_dir import EngineDir
 from mirasol_edge.runtime.stream import MirasolEngines, RawChunk
 
@@ -75,7 +76,7 @@ class Source:
     description: str
 
 
-def load_source(source: str | None, engines: EngineDir, need: int) -> Source:
+def load_source(source: str | None, engines: EngineDir, need: int, decoder: str = "auto") -> Source:
     """Decode the clip once (timing each chunk), or make random chunks when there is no clip."""
     from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
 
@@ -91,7 +92,7 @@ def load_source(source: str | None, engines: EngineDir, need: int) -> Source:
         return Source(made, [], spec.chunk_seconds, "random chunks (no --source: the decode stage is not measured)")
     decoded, times = [], []
     tick = time.perf_counter()
-    for chunk in chunks(source, spec):
+    for chunk in chunks(source, spec, decoder=decoder):
         times.append((time.perf_counter() - tick) * 1e3)
         decoded.append(chunk)
         tick = time.perf_counter()
@@ -129,7 +130,7 @@ def _device_peak(run: Run) -> float | None:
 
 def bench(engine_dirs: list[str], source: str | None = None, chunks: int = 200, warmup: int = 10,
           block: int = 20, asks: int = 5, question: str = DEFAULT_QUESTION, streams: int = 1,
-          backend: str = "auto", device: str = "auto", progress=lambda msg: None) -> dict:
+          backend: str = "auto", device: str = "auto", progress=lambda msg: None, decoder: str = "auto") -> dict:
     if not engine_dirs:
         raise BenchError("give at least one --engines directory")
     from mirasol_edge.runtime.backends import open_engines
@@ -137,7 +138,7 @@ def bench(engine_dirs: list[str], source: str | None = None, chunks: int = 200, 
     wanted = [split_backend(d, backend) for d in engine_dirs]
     dirs = [open_engines(d, b) for d, b in wanted]
     check_same_model(dirs)
-    src = load_source(source, dirs[0], warmup)
+    src = load_source(source, dirs[0], warmup, decoder)
     runs = []
     for d, (_, b) in zip(dirs, wanted):
         engines = MirasolEngines(d, b, device)
@@ -282,13 +283,15 @@ def _report(runs: list[Run], dirs: list[EngineDir], src: Source, chunks: int, wa
               help="also measure N parallel streams over the same engines")
 @click.option("--backend", "-b", default="auto", show_default=True,
               type=click.Choice(NAMES))
+@click.option("--decoder", type=click.Choice(["auto", *decoder_names()]), default="auto", show_default=True,
+              help="who decodes --source (as mirasol-run's --decoder)")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the JSON report here")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write the PNG plots here")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="write the run as one self-contained HTML page (table, plots, JSON)")
-def main(engine_dirs, source, chunks, warmup, block, asks, question, streams, backend, device, json_path, plot_path,
-         html_path):
+def main(engine_dirs, source, chunks, warmup, block, asks, question, streams, backend, decoder, device, json_path,
+         plot_path, html_path):
     """Measure per-stage latency (decode, encoders + Combiner, AR step, text prefill, text decode per
     token), end-to-end throughput, memory and distance from the machine's physical floor, for one
     or several engine directories side by side.
@@ -309,7 +312,7 @@ def main(engine_dirs, source, chunks, warmup, block, asks, question, streams, ba
         if plot_path is not None or html_path is not None:
             import matplotlib  # noqa: F401 - fail before the run, not after
         report = bench(list(engine_dirs), source, chunks, warmup, block, asks, question, streams, backend, device,
-                       progress=lambda msg: err.print(f"[dim]·[/] {msg}", highlight=False))
+                       progress=lambda msg: err.print(f"[dim]·[/] {msg}", highlight=False), decoder=decoder)
         print_table(report, Console())
         if json_path:
             from mirasol_edge.runtime.files import write_json_atomic

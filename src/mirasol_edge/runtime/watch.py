@@ -5,9 +5,10 @@ A *closed-set* watch (``answers=("yes", "no")``) scores every candidate answer b
 prompt once and every candidate after it; no greedy loop) and takes each candidate's probability
 among the candidates. It fires when ``answers[0]``'s probability reaches ``threshold`` for
 ``min_chunks`` chunks in a row, and fires again (the leading other candidate: "no") when it falls
-below ``release``: hysteresis, so a probability hovering at the threshold does not chatter. An *open* watch (``answers=None``) answers greedily each ``every``
-chunks and fires when its answer changes (the first answer too), once the new answer has held
-``min_chunks`` evaluations. After an event a watch stays quiet for ``cooldown_chunks`` chunks.
+below ``release``: hysteresis, so a probability hovering at the threshold does not chatter. An
+*open* watch (``answers=None``) answers greedily each ``every`` chunks and fires when its answer
+changes (the first answer too), once the new answer has held ``min_chunks`` evaluations. After an
+event a watch stays quiet for ``cooldown_chunks`` chunks.
 
 A watch's settings and where it stands are plain data (``to_dict`` / ``from_dict``): a stream's
 snapshot carries them, so a restored stream watches on where it stopped. Callbacks are not data:

@@ -66,10 +66,11 @@ class Feed:
         self._thread = threading.Thread(target=self._run, name="mirasol-view-frames", daemon=True)
         self._thread.start()
 
-    def put(self, chunk, result, watches) -> None:
-        """References only: the chunk, the result, the watches' standing (taken on the push thread)."""
+    def put(self, chunk, result, watches, point: dict | None = None) -> None:
+        """References only: the chunk, the result, the watches' standing (taken on the push thread),
+        and what the push loop measured around the push (``point``: decode_ms, wall)."""
         try:
-            self._queue.put_nowait((chunk, result, watches))
+            self._queue.put_nowait((chunk, result, watches, point or {}))
         except queue.Full:
             self.state.count("dropped_by_view")
 
@@ -87,8 +88,8 @@ class Feed:
                         self._show(pending)
                     return
                 if item:
-                    chunk, result, watches = item
-                    self._record(result, watches)
+                    chunk, result, watches, point = item
+                    self._record(result, watches, point)
                     if chunk is not None:
                         if pending is not None:
                             self.state.count("frames_skipped")
@@ -100,10 +101,10 @@ class Feed:
             except Exception as exc:  # the page is a side show: never take the run down
                 self.state.set_facts(view_error=f"{type(exc).__name__}: {exc}")
 
-    def _record(self, result, standing) -> None:
+    def _record(self, result, standing, point: dict) -> None:
         watches, live = standing
         t = result.timings
-        self.state.add_result({"index": result.index, "t0": result.t0, "t1": result.t1,
+        self.state.add_result({**point, "index": result.index, "t0": result.t0, "t1": result.t1,
                                "upload_ms": round(t.upload_ms, 3), "encode_ms": round(t.encode_ms, 3),
                                "ar_ms": round(t.ar_ms, 3), "watch_ms": round(getattr(t, "watch_ms", 0.0), 3),
                                "total_ms": round(t.total_ms, 3)}, watches, [e.to_dict() for e in result.events], live)

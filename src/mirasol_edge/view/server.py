@@ -55,11 +55,13 @@ class View:
         host = self.host if self.host not in ("0.0.0.0", "::") else socket.gethostname()
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}/"
 
-    def push(self, chunk, result, **live) -> None:
+    def push(self, chunk, result, wait_ms: float | None = None, **live) -> None:
         """From the push loop: references handed over, the watches' standing and the source's counts
-        (dropped chunks, reconnects) read: a few attributes."""
+        (dropped chunks, reconnects, decoder) read: a few attributes. ``wait_ms``: how long the loop
+        waited for this chunk (the decode, where decoding is the bottleneck)."""
         watches = [(w.name, w.question, w.answer, w.probability) for w in getattr(self.stream, "watches", ())]
-        self.feed.put(chunk, result, (watches, {"chunks_seen": self.stream.chunks_seen, **live}))
+        self.feed.put(chunk, result, (watches, {"chunks_seen": self.stream.chunks_seen, **live}),
+                      {"decode_ms": None if wait_ms is None else round(wait_ms, 3), "wall": time.monotonic()})
 
     def answer(self, question: str, answer) -> None:
         self.state.add_answer(question, answer, "run")

@@ -15,6 +15,18 @@ EVENTS = 200
 EVIDENCE = 1000  # evidence files the page may ask for (the newest)
 
 
+RATE_POINTS = 30  # the real-time factor is over the last this many chunks
+
+
+def realtime_factor(points: list[dict]) -> float | None:
+    """Seconds of media streamed per second of wall clock over ``points`` (above 1: faster than
+    real time); None until two points carry their wall-clock time."""
+    timed = [p for p in points if p.get("wall") is not None and p.get("t1") is not None]
+    if len(timed) < 2 or timed[-1]["wall"] <= timed[0]["wall"]:
+        return None
+    return round((timed[-1]["t1"] - timed[0]["t1"]) / (timed[-1]["wall"] - timed[0]["wall"]), 2)
+
+
 class ViewState:
     def __init__(self, facts: dict | None = None) -> None:
         self._lock = threading.Lock()
@@ -55,6 +67,9 @@ class ViewState:
             self.counters["chunks"] += 1
             self.facts.update(live or {})
             self.timings.append(result)
+            rate = realtime_factor(list(self.timings)[-RATE_POINTS:])
+            if rate is not None:
+                self.facts["realtime_factor"] = rate
             for name, question, answer, probability in watches:
                 entry = self.watches.setdefault(name, {"question": question, "history": deque(maxlen=POINTS)})
                 entry.update(answer=answer, probability=probability)
