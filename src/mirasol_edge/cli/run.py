@@ -138,26 +138,11 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
     try:
         plan = WatchPlan.from_options(**watching)
         view_plan = ViewPlan.from_options(view, view_token, view_linger)
-        if sample:
-            source, questions_file = source or str(SAMPLE_CLIP), questions_file or str(SAMPLE_QUESTIONS)
-        if source is None:
-            raise click.UsageError("give a SOURCE (a file, /dev/videoN, an rtsp:// or http:// URL) or --sample")
-        expected = _load_questions(questions_file) if questions_file else {}
-        questions = list(questions) + [q for q in expected if q not in questions]
-        for q in questions:  # refused before any push: an empty or over-long --ask
-            check_question(q, "--ask question")
-        if ask_every and not questions:
-            raise click.UsageError("--ask-every needs at least one --ask")
+        source, questions, expected = _questions(source, questions, questions_file, sample, ask_every)
         if (engine_dir is None) == (server is None):
             raise click.UsageError("give --engines (run here) or --server (run on a Triton server), one of them")
         live_source = source.startswith(LIVE_PREFIXES) or drop not in (None, "none")
-        remote = {"token": _read_token(token_file), "takeover": takeover}  # RemoteStream's own options
-        if tls_ca or tls_cert or tls_key:  # the files are checked here, before anything connects
-            if not server:
-                raise click.UsageError("--tls-ca, --tls-cert and --tls-key go with --server")
-            from mirasol_edge.serve.tls import ClientTLS
-
-            remote["tls"] = ClientTLS(tls_ca, tls_cert, tls_key)
+        remote = _remote_options(server, token_file, takeover, tls_ca, tls_cert, tls_key)
         stream, backend_info = _open_stream(engine_dir, server, stream_id, restore, backend, device,
                                             _cpu_threads(engine_dir, backend, device, threads, not live_source)
                                             if engine_dir else {}, remote)
@@ -168,29 +153,16 @@ def main(source, engine_dir, server, stream_id, questions, questions_file, sampl
         page, reporter = start_view(view_plan, stream, reporter, {"source": source, "engines": engine_dir or server,
                                     "backend": backend_info, "precision": precision_of(stream),
                                     "stream": getattr(stream, "name", None)})
-        decode = dict(last=last, decoder=decoder, audio=audio_source, audio_offset=audio_offset)
-        if live_source:
-            from mirasol_edge.runtime.decode.live import LiveSource
-
-            chunks = LiveSource(source, stream.spec, drop=drop or "oldest", max_reconnects=reconnects,
-                                reconnect_on_end=source.startswith(LIVE_PREFIXES), **decode)
-        else:  # a file: the next chunk decodes on its own thread while this one runs
-            from mirasol_edge.runtime.decode.live import decode_ahead
-
-            chunks = decode_ahead(source, stream.spec, **decode)
+        chunks = _open_chunks(source, stream.spec, live_source, drop, reconnects,
+                              dict(last=last, decoder=decoder, audio=audio_source, audio_offset=audio_offset))
         try:
             run = _push_all(stream, chunks, reporter, questions, ask_every, max_chunks, tap(page, chunks))
         finally:
             chunks.close()
-        correct = 0
-        for q in questions:
-            answer = stream.ask(q)
-            correct += q in expected and answer.text == expected[q]
-            reporter.answer(q, answer, expected.get(q))
+        correct = _answer_all(stream, questions, expected, reporter)
         if snapshot:
             stream.snapshot(snapshot)
-        delivered = close_sinks(sinks)
-        sinks = []
+        delivered, sinks = close_sinks(sinks), []
         reporter.summary({"source": source, "engines": engine_dir or server, **run, "backend": backend_info,
                           "snapshot": snapshot, "correct": f"{correct}/{len(expected)}" if expected else None,
                           "dropped": chunks.stats.dropped, "reconnects": chunks.stats.reconnects,
@@ -224,6 +196,55 @@ def _read_token(path: str | None) -> str | None:
     if not token:
         raise click.UsageError(f"--token-file {path}: empty; it holds the token of the server's access file")
     return token
+
+
+def _questions(source, questions, questions_file, sample, ask_every) -> tuple[str, list[str], dict]:
+    """The source, the questions to ask (--ask, then the questions file's), and the expected answers;
+    everything refused here is refused before anything opens."""
+    if sample:
+        source, questions_file = source or str(SAMPLE_CLIP), questions_file or str(SAMPLE_QUESTIONS)
+    if source is None:
+        raise click.UsageError("give a SOURCE (a file, /dev/videoN, an rtsp:// or http:// URL) or --sample")
+    expected = _load_questions(questions_file) if questions_file else {}
+    questions = list(questions) + [q for q in expected if q not in questions]
+    for q in questions:  # an empty or over-long --ask
+        check_question(q, "--ask question")
+    if ask_every and not questions:
+        raise click.UsageError("--ask-every needs at least one --ask")
+    return source, questions, expected
+
+
+def _remote_options(server, token_file, takeover, tls_ca, tls_cert, tls_key) -> dict:
+    """RemoteStream's own options; the token and TLS files are read and checked before anything connects."""
+    remote = {"token": _read_token(token_file), "takeover": takeover}
+    if tls_ca or tls_cert or tls_key:
+        if not server:
+            raise click.UsageError("--tls-ca, --tls-cert and --tls-key go with --server")
+        from mirasol_edge.serve.tls import ClientTLS
+
+        remote["tls"] = ClientTLS(tls_ca, tls_cert, tls_key)
+    return remote
+
+
+def _open_chunks(source, spec, live_source: bool, drop, reconnects, decode: dict):
+    """A live source (dropping under back-pressure, reconnecting), or a file whose next chunk decodes
+    on its own thread while this one runs."""
+    from mirasol_edge.runtime.decode.live import LiveSource, decode_ahead
+
+    if live_source:
+        return LiveSource(source, spec, drop=drop or "oldest", max_reconnects=reconnects,
+                          reconnect_on_end=source.startswith(LIVE_PREFIXES), **decode)
+    return decode_ahead(source, spec, **decode)
+
+
+def _answer_all(stream, questions: list[str], expected: dict, reporter) -> int:
+    """Each question asked of the stream as it now stands; how many gave the expected answer."""
+    correct = 0
+    for q in questions:
+        answer = stream.ask(q)
+        correct += q in expected and answer.text == expected[q]
+        reporter.answer(q, answer, expected.get(q))
+    return correct
 
 
 def _open_stream(engine_dir, server, stream_id, restore, backend, device, options, remote: dict):
