@@ -35,6 +35,7 @@ def test_the_wheel_ships_recipes_assets_and_the_license(wheel):
     assert {"defaults", "cpu", "cpu-fast", "rtx", "h100", "l4", "agx-orin", "orin-nx", "orin-nano", "thor"} <= recipes
     for asset in ("tiny-synthetic.safetensors", "tiny-synthetic.json", "sample.mp4", "sample.json"):
         assert f"mirasol_edge/assets/{asset}" in names
+    assert "mirasol_edge/view/page.html" in names  # --view's page, served from the installed package
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
 
