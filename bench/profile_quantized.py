@@ -76,17 +76,18 @@ def main() -> None:
             build(load_recipe("cpu", overrides), dirs[precision], preset="edge", **quantization_hooks())
         ceilings = measure_ceilings("cpu")
         for name in COMPONENTS:
-            engines = {p: EngineDir.open(d).components[name] for p, d in dirs.items()}
+            opened = {p: EngineDir.open(d) for p, d in dirs.items()}
+            engines = {p: (o.engine_file(name), o.components[name].precision) for p, o in opened.items()}
             if name == "chunk_encoder":
                 engines.pop("int4")  # the int4 build's encoder is its int8 one
             cfg = MirasolConfig.from_dict(EngineDir.open(dirs["fp32"]).config)
             feeds = contracts(cfg)[name].dummy_inputs()
-            cost = graph_cost(engines["fp32"].onnx)
+            cost = graph_cost(opened["fp32"].onnx_file(name))
             floor_s, bound = floor_seconds(cost, ceilings)
             rounds = {p: [] for p in engines}
             for _ in range(args.rounds):  # A B A B
-                for precision, info in engines.items():
-                    rounds[precision].append(profile(info.engine, info.precision, feeds, args.runs, tmp))
+                for precision, (engine, chosen) in engines.items():
+                    rounds[precision].append(profile(engine, chosen, feeds, args.runs, tmp))
             best = {p: min(r, key=lambda x: x["wall_ms"]) for p, r in rounds.items()}
             report["components"][name] = {
                 "floor_ms": round(floor_s * 1e3, 3), "floor_bound": bound,

@@ -42,7 +42,7 @@ CHILD = textwrap.dedent('''
                 raise
     opened = EngineDir.open(bundle)  # the plans, each checked against its sha256 in the manifest
     print(json.dumps({"event": "opened", "backend": opened.backend, "engines": sorted(
-        c.engine.name for c in opened.components.values()),
+        opened.engine_file(n).name for n in opened.components),
         "torch": any(m == "torch" or m.startswith("torch.") for m in sys.modules)}))
 ''')
 

@@ -86,11 +86,11 @@ def test_the_contract_names_every_graph_tensor(tiny_engines):
         assert sorted(specs) == sorted(manifest.components)
         for name, contract in specs.items():
             component = manifest.components[name]
-            assert [t.name for t in component.inputs] == contract.input_names, name
-            assert [t.name for t in component.outputs] == contract.output_names, name
+            assert [t.name for t in component.inputs.values()] == contract.input_names, name
+            assert [t.name for t in component.outputs.values()] == contract.output_names, name
             dims = {d: hi for d, (_, hi) in contract.dynamic.items()}
             dummy = contract.dummy_inputs()
-            for entry in component.inputs:  # what the build recorded, not what the contract says
+            for entry in component.inputs.values():  # what the build recorded, not what the contract says
                 assert dummy[entry.name].dtype == np.dtype(entry.dtype), (name, entry.name)
                 assert dummy[entry.name].shape == _resolve(entry.shape, dims), (name, entry.name)
             runner = backend.runner(name)
@@ -114,7 +114,8 @@ def test_the_contracts_dynamic_ranges_are_the_built_profiles(tiny_engines):
     (inputs a TensorRT engine of this build takes)."""
     manifest = load_manifest(tiny_engines)
     specs = _build_contracts(manifest)
-    profiled = [(name, entry) for name, c in manifest.components.items() for entry in c.inputs if entry.name in c.profiles]
+    profiled = [(name, entry) for name, c in manifest.components.items() for entry in c.inputs.values()
+                if entry.name in c.profiles]
     assert {name for name, _ in profiled} == {"text_prefill", "text_decode", "text_score"}
     for name, entry in profiled:
         profile = manifest.components[name].profiles[entry.name]

@@ -58,7 +58,7 @@ def test_a_link_out_of_the_folder_is_refused(copy):
 def test_a_link_inside_the_folder_is_fine(copy):
     (copy / "again.ort.onnx").symlink_to(copy / "ar_step.ort.onnx")
     _edit(copy, _engine("again.ort.onnx", _sha(copy / "ar_step.ort.onnx")))
-    assert EngineDir.open(copy).components["ar_step"].engine.name == "again.ort.onnx"
+    assert EngineDir.open(copy).engine_file("ar_step").name == "again.ort.onnx"
 
 
 @pytest.mark.parametrize("where, value", [

@@ -206,7 +206,7 @@ def _floors(d: EngineDir, ceilings, question_tokens: int, answer_tokens: int) ->
     out = {}
     for stage, component in (("encode", "chunk_encoder"), ("ar_step", "ar_step"), ("prefill", "text_prefill"),
                              ("decode_token", "text_decode")):
-        cost = graph_cost(d.components[component].onnx, dims)
+        cost = graph_cost(d.onnx_file(component), dims)
         seconds, bound = floor_seconds(cost, ceilings)
         out[stage] = {"flops": cost.flops, "weight_bytes": cost.weight_bytes, "floor_ms": round(seconds * 1e3, 5),
                       "bound": bound}
@@ -239,7 +239,7 @@ def _report(runs: list[Run], dirs: list[EngineDir], src: Source, chunks: int, wa
                 floor = {"unavailable": f"needs onnx ({exc})"}
         push = stats(run.push)
         state_bytes = sum(a.nbytes for a in run.engines.initial_state.values())
-        engine_bytes = sum((c.engine or c.onnx).stat().st_size for c in d.components.values())
+        engine_bytes = sum((d.engine_file(n) or d.onnx_file(n)).stat().st_size for n in d.components)
         out_runs.append({
             "engines": str(run.engine_dir), "label": run.label, "backend": run.engines.backend.describe(),
             "model": model_identity(d), "precision": {n: c.precision for n, c in d.components.items()},

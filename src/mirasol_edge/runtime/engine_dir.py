@@ -12,21 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .components import COMPONENTS, TensorSpec, contracts
+from .components import COMPONENTS, contracts
 from .config import MirasolConfig
 from .files import sha256_file
 from .manifest import MANIFEST, Component, Manifest, ManifestError, load_manifest, model_identity, verify_file
 from .tokenizer import ByteTokenizer, Tokenizer
-
-
-@dataclass(frozen=True)
-class ComponentInfo:
-    name: str
-    engine: Path | None  # the backend's engine file (None for a bundle)
-    onnx: Path
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-    precision: str
 
 
 def verify_onnx(path: Path, name: str, entry: Component) -> Path:
@@ -48,15 +38,11 @@ def _check_contract(manifest: Manifest, where: Path) -> None:
         entry = manifest.components[name]
         for kind, have, want in (("inputs", entry.inputs, contract.input_names),
                                  ("outputs", entry.outputs, contract.output_names)):
-            found = [t.name for t in have]
+            found = list(have)
             if sorted(found) != sorted(want):
                 missing, extra = sorted(set(want) - set(found)), sorted(set(found) - set(want))
                 raise ManifestError(f"{where}: components.{name}.{kind} differ from this runtime's contract "
                                     f"(missing {missing}, unexpected {extra}); rebuild with this version")
-
-
-def tensors_by_name(entries) -> dict[str, TensorSpec]:
-    return {e.name: e for e in entries}
 
 
 @dataclass(frozen=True)
@@ -64,7 +50,17 @@ class EngineDir:
     path: Path
     manifest: Manifest
     manifest_sha256: str  # identifies these engines: snapshots carry it
-    components: dict[str, ComponentInfo]
+    engine_files: dict[str, Path | None]  # each component's engine, its sha256 checked (None: ONNX only)
+
+    @property
+    def components(self) -> dict[str, Component]:
+        return self.manifest.components
+
+    def engine_file(self, name: str) -> Path | None:
+        return self.engine_files[name]
+
+    def onnx_file(self, name: str) -> Path:
+        return self.path / self.manifest.components[name].onnx
 
     @property
     def backend(self) -> str:
@@ -135,7 +131,7 @@ class EngineDir:
             raise ManifestError(f"{where}: components {missing} are missing (built by an older version? rebuild: "
                                 "mirasol-build reuses the components that did not change)")
         _check_contract(manifest, where)
-        components = {}
+        engine_files = {}
         for name in COMPONENTS:
             entry = manifest.components[name]
             engine = None
@@ -149,6 +145,5 @@ class EngineDir:
                 if not entry.engine or not entry.engine_sha256:
                     raise ManifestError(f"{where}: components.{name} has no engine")
                 engine = verify_file(path, entry.engine, entry.engine_sha256, f"{name} engine")
-            components[name] = ComponentInfo(name, engine, path / entry.onnx, tensors_by_name(entry.inputs),
-                                              tensors_by_name(entry.outputs), entry.precision)
-        return cls(path, manifest, sha256_file(where), components)
+            engine_files[name] = engine
+        return cls(path, manifest, sha256_file(where), engine_files)

@@ -45,8 +45,8 @@ class Component:
     onnx: str
     onnx_sha256: str
     precision: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: dict[str, TensorSpec]  # by name, in the graph's order (a list on disk)
+    outputs: dict[str, TensorSpec]
     profiles: dict[str, dict[str, list[int]]]  # input -> {"min", "opt", "max"}
     build_key: str
     engine: str | None = None
@@ -108,6 +108,7 @@ class Manifest:
         data = plain(self)
         for entry in data["components"].values():  # the reports sit beside the typed fields on disk
             entry.update(entry.pop("report"))
+            entry["inputs"], entry["outputs"] = list(entry["inputs"].values()), list(entry["outputs"].values())
         return data
 
     @classmethod
@@ -194,10 +195,10 @@ def file_ref(data: Any, where: str = "file") -> FileRef | None:
     return FileRef(_file(data, "file", where), _sha(data, "sha256", where), size)
 
 
-def _tensors(entries: Any, where: str) -> tuple[TensorSpec, ...]:
+def _tensors(entries: Any, where: str) -> dict[str, TensorSpec]:
     if not isinstance(entries, list):
         raise _Bad(f"{where} must be a list of tensors, got {type(entries).__name__}")
-    specs = []
+    specs: dict[str, TensorSpec] = {}
     for i, e in enumerate(entries):
         at = f"{where}[{i}]"
         dtype, shape = _of(e, "dtype", at, str), _of(e, "shape", at, list)
@@ -206,8 +207,11 @@ def _tensors(entries: Any, where: str) -> tuple[TensorSpec, ...]:
         for d in shape:
             if not (isinstance(d, str) and d) and not (type(d) is int and 1 <= d <= MAX_DIM):
                 raise _Bad(f"{at}.shape {_short(shape)}: each axis is a size from 1 to {MAX_DIM} or a name")
-        specs.append(TensorSpec(_of(e, "name", at, str), dtype, tuple(shape)))
-    return tuple(specs)
+        name = _of(e, "name", at, str)
+        if name in specs:
+            raise _Bad(f"{at}: a second tensor named {_short(name)}")
+        specs[name] = TensorSpec(name, dtype, tuple(shape))
+    return specs
 
 
 def _profiles(data: Any, where: str) -> dict:

@@ -196,7 +196,7 @@ def _instances(mc, config, kind: str, count: int = 1) -> None:
 
 def _write_engine_model(mc, folder: Path, engines: EngineDir, name: str, twin: bool, kind: str) -> None:
     info = engines.components[name]
-    source = info.engine or info.onnx  # ONNX Runtime's optimized graph where the build made one
+    source = engines.engine_file(name) or engines.onnx_file(name)  # ORT's optimized graph where the build made one
     config = mc.ModelConfig(name=name, max_batch_size=0, default_model_filename=source.name)
     if twin:  # the Python backend's file is model.py; the graph it runs is a parameter
         config.backend = "python"

@@ -41,7 +41,7 @@ from mirasol_edge.runtime.manifest import (
 
 from .cache import build_key, previous_manifest, reusable, reuse
 from .engines import backend_version, build_engine, onnx_data_file, profiles_for, resolved_capabilities
-from .export import ComponentSpec, ExportError, component_spec, export_onnx, graph_io
+from .export import ExportError, ExportJob, component_spec, export_onnx, graph_io
 from .parity import onnx_parity, parity_input_sets, torch_outputs
 from .precision import apply_precision, slow_precision_warnings
 from .preflight import OutputDirError, check_host_memory, check_output_dir, check_recipe_against_config, foreign_files
@@ -186,7 +186,7 @@ def _write_initial_state(initial_state: dict[str, torch.Tensor], staging: Path) 
                       {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in state.items()})
 
 
-def _build_component(spec: ComponentSpec, source: ModelSource, recipe: Recipe, staging: Path, key: str,
+def _build_component(spec: ExportJob, source: ModelSource, recipe: Recipe, staging: Path, key: str,
                      engines: bool, progress: Progress, real: RealInputs, quantizer: Quantizer | None,
                      calibration) -> dict:
     name = spec.name

@@ -45,7 +45,7 @@ class ExportError(MirasolError, RuntimeError):
 
 
 @dataclass
-class ComponentSpec:
+class ExportJob:
     """A contract ready to export: the graph module and example inputs in the contract's order."""
 
     contract: ComponentContract
@@ -221,16 +221,16 @@ def _score_example(model: Mirasol, contract: ComponentContract, state: dict[str,
 
 
 def component_spec(model: Mirasol, name: str, batch: int, state: dict[str, Tensor],
-                   max_question_tokens: int | None = None, max_answer_tokens: int | None = None) -> ComponentSpec:
+                   max_question_tokens: int | None = None, max_answer_tokens: int | None = None) -> ExportJob:
     """One graph with example inputs; ``state`` is a stream state (``model.init_state`` or real
     pushes). Needs only that component's part of the model to be real (see toolkit.source)."""
     if name not in GRAPHS:
         raise UsageError(f"unknown component {name!r}; the components are {', '.join(GRAPHS)}")
     contract = contracts(model.cfg, batch, max_question_tokens, max_answer_tokens)[name]
-    return ComponentSpec(contract, GRAPHS[name](model), _examples(model, contract, state))
+    return ExportJob(contract, GRAPHS[name](model), _examples(model, contract, state))
 
 
-def _dynamic_shapes(spec: ComponentSpec) -> tuple | None:
+def _dynamic_shapes(spec: ExportJob) -> tuple | None:
     if not spec.dynamic:
         return None
     dims: dict[str, torch.export.Dim] = {}
@@ -269,7 +269,7 @@ def parameter_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def export_onnx(spec: ComponentSpec, path: Path, opset: int = 18) -> None:
+def export_onnx(spec: ExportJob, path: Path, opset: int = 18) -> None:
     """Write ``path`` (and ``path.data`` for large models) atomically via a temporary directory."""
     path = Path(path)
     external = parameter_bytes(spec.module) > EXTERNAL_DATA_BYTES

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .export import ComponentSpec, ExportError
+from .export import ExportError, ExportJob
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) 
     return Parity(worst[1], max_rel, min_cos, worst[0])
 
 
-def torch_outputs(spec: ComponentSpec, inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def torch_outputs(spec: ExportJob, inputs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     tensors = spec.inputs if inputs is None else {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.no_grad():
         outs = spec.module(*tensors.values())
@@ -74,7 +74,7 @@ def onnx_outputs(path: Path, *input_sets: dict[str, np.ndarray]) -> list[dict[st
     return results
 
 
-def parity_input_sets(spec: ComponentSpec, extra_inputs: list[dict[str, np.ndarray]] = ()) -> list[dict]:
+def parity_input_sets(spec: ExportJob, extra_inputs: list[dict[str, np.ndarray]] = ()) -> list[dict]:
     return [{k: v.numpy() for k, v in spec.inputs.items()}, *extra_inputs]
 
 

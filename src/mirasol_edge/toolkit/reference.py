@@ -16,8 +16,9 @@ import numpy as np
 from mirasol_edge.runtime.backends.base import Backend, BackendError, DeviceArray, Runner
 from mirasol_edge.runtime.components import COMPONENTS, contracts
 from mirasol_edge.runtime.decode.chunks import ChunkSpec, chunks
-from mirasol_edge.runtime.engine_dir import ComponentInfo, EngineDir, tensors_by_name
+from mirasol_edge.runtime.engine_dir import EngineDir
 from mirasol_edge.runtime.files import sha256_file
+from mirasol_edge.runtime.manifest import Component
 from mirasol_edge.runtime.stream import MirasolEngines
 from mirasol_edge.runtime.tokenizer import ByteTokenizer
 
@@ -115,14 +116,14 @@ class ReferenceDir:
     max_question_tokens: int
     max_answer_tokens: int
     manifest_sha256: str
-    components: dict[str, ComponentInfo]
+    components: dict[str, Component]  # as a build's manifest would list them, without files
     state: dict[str, np.ndarray]
 
     @classmethod
     def of(cls, model, max_question_tokens: int, max_answer_tokens: int) -> ReferenceDir:
         cfg = model.cfg
-        infos = {name: ComponentInfo(name, None, Path(f"{name}.onnx"), tensors_by_name(c.inputs),
-                                     tensors_by_name(c.outputs), "fp32")
+        infos = {name: Component(f"{name}.onnx", "", "fp32", {t.name: t for t in c.inputs},
+                                 {t.name: t for t in c.outputs}, {}, "reference")
                  for name, c in contracts(cfg, 1, max_question_tokens, max_answer_tokens).items()}
         state = {name: t.detach().cpu().numpy() for name, t in model.init_state(1).items()}
         return cls(Path(f"<reference {cfg.name}>"), cfg.to_dict(), 1, max_question_tokens, max_answer_tokens,

@@ -79,7 +79,7 @@ class OrtBackend(Backend):
         self.open_runners = OpenRunners()
         self.sessions = {}
         for name, info in engines.components.items():
-            path = info.engine if use_engines else verify_onnx(engines.path, name, engines.manifest.components[name])
+            path = engines.engine_file(name) if use_engines else verify_onnx(engines.path, name, info)
             try:
                 self.sessions[name] = ort.InferenceSession(str(path), options, providers=providers,
                                                            disabled_optimizers=disabled_optimizers(info.precision))

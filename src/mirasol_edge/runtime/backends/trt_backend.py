@@ -170,10 +170,11 @@ class TrtBackend(Backend):
         self.open_runners = OpenRunners()  # closed streams' runners leave it
         self._stacks: dict[tuple, DeviceBuffer] = {}
         self.engines = {}
-        for name, info in engines.components.items():
-            engine = self.runtime.deserialize_cuda_engine(info.engine.read_bytes())  # sha256 checked on open
+        for name in engines.components:
+            path = engines.engine_file(name)  # its sha256 checked on open
+            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
-                raise BackendError(f"{info.engine}: {self.name} cannot load it: {'; '.join(self.messages[-3:])}")
+                raise BackendError(f"{path}: {self.name} cannot load it: {'; '.join(self.messages[-3:])}")
             self.engines[name] = engine
         self._cache_path = Path(runtime_cache) if runtime_cache else _default_cache(engines)
         self._configs = self._runtime_configs(cuda_graphs) if self.rtx else {}
