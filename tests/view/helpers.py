@@ -73,6 +73,10 @@ def http(url: str, headers: dict | None = None, timeout: float = 10.0) -> tuple[
         return exc.code, exc.read()
 
 
+CHILD = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         "from mirasol_edge.cli.run import main; sys.argv[0] = 'mirasol-run'; main()")
+
+
 class Run:
     """``mirasol-run ARGS`` in its own process; ``stop()`` sends Ctrl-C (SIGINT), then kills if it must."""
 
@@ -80,7 +84,9 @@ class Run:
         env = {**os.environ, "MIRASOL_VIEW_PACE_S": str(pace_s)}
         self.log = log
         self._out = open(log, "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "mirasol_edge.cli.run", *args], stdout=self._out,
+        # Ctrl-C is what stops it; a test run started in the background (nohup, `&`) passes SIGINT
+        # down ignored, and Python then never raises KeyboardInterrupt: handle it again, as a terminal would.
+        self.process = subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=self._out,
                                         stderr=subprocess.STDOUT, env=env)
 
     def wait_serving(self, url: str, timeout_s: float = 60.0) -> None:
