@@ -76,12 +76,10 @@ class Reporter:
             click.echo(json.dumps({"event": "summary", **summary}))
             return
         push, wait = summary["push_ms"] or {}, summary["wait_ms"] or {}
-        backend = summary["backend"]
-        where = backend.get("device") or backend.get("server")  # in-process: the device; remote: the server
         self.console.print(
             f"[bold]{summary['chunks']} chunks[/] ({summary['media_seconds']:.1f} s of media) in "
             f"{summary['wall_seconds']:.2f} s: {summary['realtime_factor']:.1f}x real time on "
-            f"{backend['backend']} ({where})\n"
+            f"{summary['backend']['backend']} ({summary['backend']['device']})\n"
             f"push ms  p50 {push.get('p50', 0):.2f}  p99 {push.get('p99', 0):.2f}  max {push.get('max', 0):.2f}   "
             f"wait for chunk ms  p50 {wait.get('p50', 0):.2f}  p99 {wait.get('p99', 0):.2f}"
             + (f"\n[bold]{summary['correct']} answers as expected[/]" if summary["correct"] else "")

@@ -31,7 +31,6 @@ from .results import check_question
 
 HYSTERESIS = 0.1  # the default release: this far below the threshold (halfway to 0 for a threshold under 0.2)
 MAX_WATCHES = 32  # per stream: each costs a share of every push
-MAX_ANSWERS = MAX_CANDIDATES  # of one closed-set watch
 
 
 def slug(text: str) -> str:
@@ -185,8 +184,8 @@ def _checked_answers(answers) -> tuple[str, ...] | None:
         return None
     if isinstance(answers, str) or not isinstance(answers, (list, tuple)):
         raise UsageError(f"answers must be a list of at least two strings (e.g. ('yes', 'no')), got {answers!r}")
-    if len(answers) < 2 or len(answers) > MAX_ANSWERS:
-        raise UsageError(f"answers: a closed-set watch takes 2 to {MAX_ANSWERS} answers, got {len(answers)}")
+    if len(answers) < 2 or len(answers) > MAX_CANDIDATES:
+        raise UsageError(f"answers: a closed-set watch takes 2 to {MAX_CANDIDATES} answers, got {len(answers)}")
     for a in answers:
         if not isinstance(a, str) or not a.strip():
             raise UsageError(f"answers: {a!r} is not a non-empty string")

@@ -114,8 +114,9 @@ class RemoteStream(WatchingRemote):
         self.close()
 
     def describe(self) -> dict:
-        return {"backend": "triton", "server": self.url, "model": self.model, "stream_id": str(self.stream_id),
-                "recoveries": self.recoveries}
+        # "device": where the stream runs, as every backend's describe() says (here: the server)
+        return {"backend": "triton", "device": self.url, "server": self.url, "model": self.model,
+                "stream_id": str(self.stream_id), "recoveries": self.recoveries}
 
     # ---- the stream API -------------------------------------------------------------------
     def push(self, chunk=None, *, frames: np.ndarray | None = None, mel: np.ndarray | None = None) -> ChunkResult:

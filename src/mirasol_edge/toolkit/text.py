@@ -66,14 +66,13 @@ class TextDecoder(nn.Module):
         positions: Tensor | None = None, visible: Tensor | None = None,
     ) -> tuple[Tensor, list[KV]]:
         """The last block's output [B, L, width]. By default token j sits at ``past_len + j`` and sees
-        every token up to itself; a packed row (text_score) gives its own ``positions`` [B, L] and
-        ``visible`` [B, L, L] (which tokens each token sees)."""
+        every token up to itself; a packed row (text_score) gives both its own ``positions`` [B, L]
+        and ``visible`` [B, L, L] (which tokens each token sees)."""
         length = tokens.shape[1]
         past_len = 0 if past is None else past[0][0].shape[2]
         key_index = torch.arange(past_len + length, device=tokens.device)
-        if positions is None:
+        if positions is None:  # a packed row gives both
             positions = torch.arange(length, device=tokens.device) + past_len
-        if visible is None:
             visible = key_index[None, :] <= positions[:, None]
         x = self.embed(tokens) + nn.functional.embedding(positions, self.position)
         zeros = torch.zeros(visible.shape, dtype=x.dtype, device=x.device)

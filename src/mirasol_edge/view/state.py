@@ -18,13 +18,12 @@ EVIDENCE = 1000  # evidence files the page may ask for (the newest)
 RATE_POINTS = 30  # the real-time factor is over the last this many chunks
 
 
-def realtime_factor(points: list[dict]) -> float | None:
-    """Seconds of media streamed per second of wall clock over ``points`` (above 1: faster than
-    real time); None until two points carry their wall-clock time."""
-    timed = [p for p in points if p.get("wall") is not None and p.get("t1") is not None]
-    if len(timed) < 2 or timed[-1]["wall"] <= timed[0]["wall"]:
+def realtime_factor(first: dict, last: dict) -> float | None:
+    """Seconds of media streamed per second of wall clock from point ``first`` to ``last`` (above 1:
+    faster than real time); None where either lacks its times."""
+    if None in (first.get("wall"), first.get("t1"), last.get("wall"), last.get("t1")) or last["wall"] <= first["wall"]:
         return None
-    return round((timed[-1]["t1"] - timed[0]["t1"]) / (timed[-1]["wall"] - timed[0]["wall"]), 2)
+    return round((last["t1"] - first["t1"]) / (last["wall"] - first["wall"]), 2)
 
 
 class ViewState:
@@ -67,7 +66,7 @@ class ViewState:
             self.counters["chunks"] += 1
             self.facts.update(live or {})
             self.timings.append(result)
-            rate = realtime_factor(list(self.timings)[-RATE_POINTS:])
+            rate = realtime_factor(self.timings[-min(len(self.timings), RATE_POINTS)], self.timings[-1])
             if rate is not None:
                 self.facts["realtime_factor"] = rate
             for name, question, answer, probability in watches:
