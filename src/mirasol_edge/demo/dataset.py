@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ def decode_clips(seeds: list[int], spec: ChunkSpec, workers: int = 2, decoder: s
                  long: int = 0) -> list[DecodedClip]:
     if workers <= 1:
         return [decode_clip(s, spec, decoder, long) for s in seeds]
-    with ProcessPoolExecutor(workers) as pool:
+    # spawn, not fork: a process that has run torch or ONNX Runtime holds thread pools whose locks a
+    # forked child inherits taken (measured: the workers hung in futex_wait after a model had run)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_decode, [(s, spec, decoder, long) for s in seeds], chunksize=16 if not long else 2))
 
 
