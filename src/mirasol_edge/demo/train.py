@@ -40,6 +40,8 @@ from mirasol_edge.runtime.decode.chunks import ChunkSpec
 from mirasol_edge.toolkit.model import Mirasol
 
 MASTERED = 0.98  # the check set's accuracy of every type that ends the end-of-clip-only phase
+CHECK_CLIPS = 100  # training clips kept out of the steps to check that phase
+
 
 def text_batch(model: Mirasol, clips: list[DecodedClip], type_weights: dict[str, float] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +114,7 @@ def train(preset: str, clips: int, heldout: int, minutes: float, seed: int, batc
           cache: Path | None, type_weights: dict[str, float] | None = None, log_every: int = 25,
           eval_every_minutes: float = 10.0, long_clips: int = 0, long_heldout: int = 0, long_batch: int = 4,
           long_chunks: int = LONG_CHUNKS, moment_weight: float = 1.0, init: Path | None = None,
-          short_first_minutes: float = 0.0, short_batch: int = 32, check_clips: int = 100,
+          short_first_minutes: float = 0.0, short_batch: int = 32, check_clips: int = CHECK_CLIPS,
           check_every_minutes: float = 1.5) -> tuple[Mirasol, dict]:
     torch.manual_seed(seed)
     cfg = MirasolConfig.preset(preset)
@@ -249,9 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def usage_error(args: argparse.Namespace) -> str | None:
+    """What makes these options impossible to train with (checked before minutes of data are built)."""
+    pool = args.clips - (CHECK_CLIPS if args.short_first else 0)
+    if args.short_first and pool < args.short_batch:
+        return (f"--short-first keeps {CHECK_CLIPS} of --clips {args.clips} out for its check and draws "
+                f"--short-batch {args.short_batch} from the rest: --clips must be at least {CHECK_CLIPS + args.short_batch}")
+    if pool < args.batch:
+        return f"--batch {args.batch} is more than the {pool} training clips a step can draw from (--clips {args.clips})"
+    if args.long_clips and args.long_clips < args.long_batch:
+        return f"--long-batch {args.long_batch} is more than --long-clips {args.long_clips}"
+    return None
+
+
 def main() -> None:
     parser = build_parser()
     args = parser.parse_args()
+    if problem := usage_error(args):
+        parser.error(problem)
     if args.threads:  # measured: with other work on the 2 cores, 1 thread beat 2 several times over
         torch.set_num_threads(args.threads)
     weights = {k: float(v) for k, v in (w.split("=", 1) for w in args.weight)}
