@@ -24,7 +24,7 @@ def test_the_end_of_clip_phase_ends_at_its_cap_and_training_goes_on():
 
 
 @pytest.mark.slow
-def test_without_a_curriculum_every_step_has_everything():
+def test_without_a_curriculum_no_clip_is_kept_out_for_a_check():
     _model, report = train.train(
         "tiny", clips=12, heldout=4, minutes=0.05, seed=0, batch=4, lr=1e-3, cache=None, log_every=1,
         eval_every_minutes=60, long_clips=2, long_heldout=2, long_batch=2, long_chunks=8)
